@@ -1,0 +1,109 @@
+//! The JetStream layout: one stream per installation, named from the prefix, holding every task
+//! under `<prefix>.tasks.p<priority>.<project>.<code>`. The prefix lets tests and several
+//! installations share one NATS server without seeing each other.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Durable consumer through which the registry's recorder records queued tasks.
+pub const RECORDER_CONSUMER: &str = "recorder";
+/// Durable consumer shared by all runners.
+pub const RUNNER_CONSUMER: &str = "runners";
+
+/// The names of one installation's stream and subjects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    prefix: String,
+    stream: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("WORKHOOK_NATS_PREFIX {0:?} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+pub struct BadPrefix(String);
+
+impl Layout {
+    pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(BadPrefix(prefix.to_string()));
+        }
+        let stream = format!("{}_TASKS", prefix.to_ascii_uppercase().replace('-', "_"));
+        Ok(Self {
+            prefix: prefix.to_string(),
+            stream,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream's name, e.g. `WORKHOOK_TASKS`.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Every task subject: `<prefix>.tasks.>`.
+    pub fn all_tasks(&self) -> String {
+        format!("{}.tasks.>", self.prefix)
+    }
+
+    /// The subject a task is published on.
+    pub fn task_subject(&self, priority: u8, project_id: &str, code_id: &str) -> String {
+        format!("{}.tasks.p{priority}.{project_id}.{code_id}", self.prefix)
+    }
+
+    /// The stream configuration. File storage, so an acknowledged webhook survives a NATS restart;
+    /// interest retention, since both the recorder and the runners consume every task.
+    pub fn stream_config(&self, replicas: usize) -> stream::Config {
+        stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![self.all_tasks()],
+            retention: stream::RetentionPolicy::Interest,
+            storage: stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the stream if it does not exist yet; every service calls this at start, so the
+    /// order in which they start does not matter.
+    pub async fn ensure_stream(
+        &self,
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<stream::Stream, async_nats::Error> {
+        Ok(js
+            .get_or_create_stream(self.stream_config(replicas))
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let l = Layout::new("wh-test_1").unwrap();
+        assert_eq!(l.stream(), "WH_TEST_1_TASKS");
+        assert_eq!(l.all_tasks(), "wh-test_1.tasks.>");
+        assert_eq!(l.task_subject(2, "p", "c"), "wh-test_1.tasks.p2.p.c");
+    }
+
+    #[test]
+    fn prefixes_that_would_break_subjects_are_refused() {
+        for bad in ["", "a.b", "a b", "a*", "a>", &"x".repeat(65)] {
+            assert!(Layout::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

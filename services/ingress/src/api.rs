@@ -1,0 +1,666 @@
+//! The routes of the IronWorker v2 API that the ingress serves.
+
+use std::sync::atomic::Ordering;
+
+use axum::{
+    body::Body,
+    extract::{multipart::Multipart, rejection::QueryRejection, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use workhook_core::{ids, Envelope, Source};
+use workhook_proto as pb;
+
+use crate::error::{ApiError, ApiResult};
+use crate::legacy;
+use crate::state::{App, CodeRef};
+use crate::views::{CodeView, TaskView};
+
+/// IronWorker's limits.
+pub const MAX_TIMEOUT: u32 = 3600;
+pub const MAX_DELAY: u32 = 604_800;
+const MAX_CONFIG_BYTES: usize = 64 * 1024;
+const MAX_RETRIES: i32 = 10;
+
+/// A task's options after validation.
+#[derive(Debug, PartialEq)]
+pub struct TaskOptions {
+    pub priority: u8,
+    pub timeout: u32,
+    pub delay: u32,
+    pub label: Option<String>,
+    pub cluster: String,
+}
+
+/// Options as they arrive: numbers may be floats (the clients send them), strings may be null.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawOptions {
+    pub priority: Option<f64>,
+    pub timeout: Option<f64>,
+    pub delay: Option<f64>,
+    pub label: Option<String>,
+    pub cluster: Option<String>,
+}
+
+fn whole(v: f64, field: &str, min: f64, max: f64) -> ApiResult<u32> {
+    if !v.is_finite() || v < min || v > max {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be between {min} and {max}"
+        )));
+    }
+    Ok(v.round() as u32)
+}
+
+impl RawOptions {
+    pub fn validate(self, default_priority: u8) -> ApiResult<TaskOptions> {
+        let priority = match self.priority {
+            None => default_priority,
+            Some(p) if p == 0.0 || p == 1.0 || p == 2.0 => p as u8,
+            Some(_) => return Err(ApiError::BadRequest("priority must be 0, 1 or 2".into())),
+        };
+        let timeout = match self.timeout {
+            None => MAX_TIMEOUT,
+            Some(0.0) => MAX_TIMEOUT,
+            Some(t) => whole(t, "timeout", 1.0, f64::from(MAX_TIMEOUT))?,
+        };
+        let delay = match self.delay {
+            None => 0,
+            Some(d) => whole(d, "delay", 0.0, f64::from(MAX_DELAY))?,
+        };
+        let label = self.label.filter(|l| !l.is_empty());
+        if label.as_ref().is_some_and(|l| l.len() > 256) {
+            return Err(ApiError::BadRequest(
+                "label is longer than 256 bytes".into(),
+            ));
+        }
+        let cluster = self
+            .cluster
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "default".into());
+        if cluster.len() > 64 {
+            return Err(ApiError::BadRequest(
+                "cluster is longer than 64 bytes".into(),
+            ));
+        }
+        Ok(TaskOptions {
+            priority,
+            timeout,
+            delay,
+            label,
+            cluster,
+        })
+    }
+}
+
+fn envelope(project_id: &str, code: &CodeRef, options: TaskOptions, source: Source) -> Envelope {
+    Envelope {
+        task_id: ids::new_id(),
+        project_id: project_id.to_string(),
+        code_id: code.id.clone(),
+        code_name: code.name.clone(),
+        code_rev: code.rev,
+        priority: options.priority,
+        timeout: options.timeout,
+        delay: options.delay,
+        label: options.label,
+        cluster: options.cluster,
+        received_at: chrono::Utc::now().timestamp_millis(),
+        source,
+    }
+}
+
+/// Reads a whole body, refusing with 413 (never truncating) one larger than `limit`: at once
+/// when Content-Length says so, otherwise as soon as a chunked body passes it.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::PayloadTooLarge(limit))
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
+}
+
+fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::NotAcceptable(
+            "Content-Type must be application/json".into(),
+        ))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WebhookQuery {
+    code_name: Option<String>,
+    oauth: Option<String>,
+    priority: Option<String>,
+    timeout: Option<String>,
+    delay: Option<String>,
+    label: Option<String>,
+    cluster: Option<String>,
+}
+
+fn number(v: Option<String>, field: &str) -> ApiResult<Option<f64>> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<f64>()
+                .map_err(|_| ApiError::BadRequest(format!("{field} must be a number")))
+        })
+        .transpose()
+}
+
+/// `POST /2/projects/{P}/tasks/webhook?code_name=X`: the raw body becomes the payload of a new
+/// task; the answer comes only once JetStream holds it.
+pub async fn webhook(
+    State(app): State<App>,
+    Path(project_id): Path<String>,
+    q: Result<Query<WebhookQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let q = query(q)?;
+    app.authorize(&project_id, &headers, q.oauth.as_deref())
+        .await?;
+    let code_name = q
+        .code_name
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("code_name is required".into()))?;
+    let code = app.code(&project_id, &code_name).await?;
+    let options = RawOptions {
+        priority: number(q.priority, "priority")?,
+        timeout: number(q.timeout, "timeout")?,
+        delay: number(q.delay, "delay")?,
+        label: q.label,
+        cluster: q.cluster,
+    }
+    .validate(code.default_priority)?;
+    let payload = read_body(&headers, body, app.max_body_bytes).await?;
+    let envelope = envelope(&project_id, &code, options, Source::Webhook);
+    app.publish(&envelope, payload).await?;
+    Ok(Json(json!({ "id": envelope.task_id, "msg": "Queued up." })))
+}
+
+#[derive(Debug, Deserialize)]
+struct QueueRequest {
+    tasks: Option<Vec<QueueTask>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct QueueTask {
+    code_name: Option<String>,
+    payload: Option<Value>,
+    #[serde(flatten)]
+    options: RawOptions,
+}
+
+/// `POST /2/projects/{P}/tasks`: queues a batch of tasks, as the official clients send it.
+pub async fn queue_tasks(
+    State(app): State<App>,
+    Path(project_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    require_json(&headers)?;
+    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let request: QueueRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let tasks = request
+        .tasks
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("tasks must hold at least one task".into()))?;
+    let mut queued = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let code_name = task
+            .code_name
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ApiError::BadRequest("every task needs a code_name".into()))?;
+        let code = app.code(&project_id, &code_name).await?;
+        let options = task.options.validate(code.default_priority)?;
+        let payload = match task.payload {
+            None | Some(Value::Null) => Bytes::new(),
+            Some(Value::String(s)) => Bytes::from(s),
+            Some(other) => Bytes::from(other.to_string()),
+        };
+        queued.push((envelope(&project_id, &code, options, Source::Api), payload));
+    }
+    // Publish the whole batch at once, then wait for every acknowledgement.
+    let acks = futures_util::future::join_all(
+        queued
+            .iter()
+            .map(|(envelope, payload)| app.publish(envelope, payload.clone())),
+    )
+    .await;
+    acks.into_iter().collect::<ApiResult<Vec<()>>>()?;
+    let ids: Vec<Value> = queued
+        .iter()
+        .map(|(e, _)| json!({ "id": e.task_id }))
+        .collect();
+    Ok(Json(json!({ "msg": "Queued up", "tasks": ids })))
+}
+
+/// `GET /2/projects/{P}/tasks/{T}`.
+pub async fn get_task(
+    State(app): State<App>,
+    Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<TaskView>> {
+    app.authorize(&project_id, &headers, None).await?;
+    let task = app
+        .registry
+        .clone()
+        .get_task(pb::GetTaskRequest {
+            project_id,
+            task_id,
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Task"))?
+        .into_inner();
+    Ok(Json(task.into()))
+}
+
+async fn log(
+    app: App,
+    project_id: String,
+    task_id: String,
+    stdout_only: bool,
+) -> ApiResult<Response> {
+    let mut chunks = app
+        .registry
+        .clone()
+        .get_task_log(pb::GetTaskLogRequest {
+            project_id,
+            task_id,
+            stdout_only,
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Task"))?
+        .into_inner();
+    // Read the first piece before answering, so a failure is still a clear status.
+    let first = chunks
+        .message()
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Task"))?;
+    let rest = chunks.map(|c| c.map(|c| c.data));
+    let body = futures_util::stream::iter(first.map(|c| Ok(c.data))).chain(rest);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `GET /2/projects/{P}/tasks/{T}/log`: stdout and stderr, as text, whatever Accept says.
+pub async fn task_log(
+    State(app): State<App>,
+    Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    app.authorize(&project_id, &headers, None).await?;
+    log(app, project_id, task_id, false).await
+}
+
+/// `GET /2/projects/{P}/tasks/{T}/outlog`: stdout only.
+pub async fn task_outlog(
+    State(app): State<App>,
+    Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    app.authorize(&project_id, &headers, None).await?;
+    log(app, project_id, task_id, true).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Paging {
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+/// `GET /2/projects/{P}/codes`.
+pub async fn list_codes(
+    State(app): State<App>,
+    Path(project_id): Path<String>,
+    q: Result<Query<Paging>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let paging = query(q)?;
+    app.authorize(&project_id, &headers, None).await?;
+    let page = paging.page.unwrap_or(0);
+    let per_page = paging.per_page.unwrap_or(30);
+    if page > 100 || per_page == 0 || per_page > 100 {
+        return Err(ApiError::BadRequest(
+            "page must be 0-100 and per_page 1-100".into(),
+        ));
+    }
+    let codes = app
+        .registry
+        .clone()
+        .list_codes(pb::ListCodesRequest {
+            project_id,
+            page,
+            per_page,
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Project"))?
+        .into_inner()
+        .codes;
+    let codes: Vec<CodeView> = codes.into_iter().map(Into::into).collect();
+    Ok(Json(json!({ "codes": codes })))
+}
+
+/// The `data` part of a code upload.
+#[derive(Debug, Default, Deserialize)]
+struct UploadData {
+    name: Option<String>,
+    command: Option<String>,
+    runtime: Option<String>,
+    file_name: Option<String>,
+    config: Option<Value>,
+    env_vars: Option<serde_json::Map<String, Value>>,
+    max_concurrency: Option<f64>,
+    retries: Option<f64>,
+    retries_delay: Option<f64>,
+    default_priority: Option<f64>,
+}
+
+fn upload_request(
+    project_id: String,
+    data: UploadData,
+    package: Vec<u8>,
+) -> ApiResult<pb::UploadCodeRequest> {
+    let name = data
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("data.name is required".into()))?;
+    let runtime = data.runtime.unwrap_or_default();
+    let file_name = data.file_name.unwrap_or_default();
+    let command = match data.command.filter(|c| !c.trim().is_empty()) {
+        Some(c) => c,
+        None => legacy::command_for_runtime(&runtime, &file_name).ok_or_else(|| {
+            ApiError::BadRequest("data needs a command (or a known runtime and a file_name)".into())
+        })?,
+    };
+    let config = match data.config {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    };
+    if config.as_ref().is_some_and(|c| c.len() > MAX_CONFIG_BYTES) {
+        return Err(ApiError::BadRequest("config is larger than 64 KB".into()));
+    }
+    let env_vars = data
+        .env_vars
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect();
+    let int = |v: Option<f64>, field: &str, min: f64, max: f64| -> ApiResult<i32> {
+        match v {
+            None => Ok(0),
+            Some(n) if n.is_finite() && n >= min && n <= max => Ok(n.round() as i32),
+            Some(_) => Err(ApiError::BadRequest(format!(
+                "{field} must be between {min} and {max}"
+            ))),
+        }
+    };
+    // IronWorker spells "unlimited" as an absent field, 0 or -1.
+    let max_concurrency = match data.max_concurrency {
+        Some(n) if n >= 1.0 => Some(int(Some(n), "max_concurrency", 1.0, 1e6)?),
+        _ => None,
+    };
+    Ok(pb::UploadCodeRequest {
+        project_id,
+        name,
+        command,
+        config,
+        env_vars,
+        max_concurrency,
+        retries: int(data.retries, "retries", 0.0, f64::from(MAX_RETRIES))?,
+        retries_delay: int(
+            data.retries_delay,
+            "retries_delay",
+            0.0,
+            f64::from(MAX_DELAY),
+        )?,
+        default_priority: int(data.default_priority, "default_priority", 0.0, 2.0)?,
+        runtime,
+        file_name,
+        package: package.into(),
+    })
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(limit)
+    } else {
+        ApiError::BadRequest(format!("bad multipart body: {}", e.body_text()))
+    }
+}
+
+/// `POST /2/projects/{P}/codes`: multipart `data` (JSON) and `file` (a zip), as the official
+/// clients send them.
+pub async fn upload_code(
+    State(app): State<App>,
+    Path(project_id): Path<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::BadRequest(format!("expected a multipart body: {}", e.body_text()))
+    })?;
+    let limit = app.max_package_bytes;
+    let mut data: Option<UploadData> = None;
+    let mut package = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        match field.name() {
+            Some("data") => {
+                let text = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                data = Some(serde_json::from_slice(&text).map_err(|e| {
+                    ApiError::BadRequest(format!("the data part is not valid JSON: {e}"))
+                })?);
+            }
+            Some("file") => {
+                let raw = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                package = match legacy::decode_python_bytes_literal(&raw) {
+                    Some(decoded) => decoded,
+                    None => raw.to_vec(),
+                };
+            }
+            _ => {}
+        }
+    }
+    let data = data.ok_or_else(|| ApiError::BadRequest("the data part is missing".into()))?;
+    if !package.is_empty() && !package.starts_with(b"PK") {
+        return Err(ApiError::BadRequest("the file part must be a zip".into()));
+    }
+    let request = upload_request(project_id.clone(), data, package)?;
+    let name = request.name.clone();
+    let code = app
+        .registry
+        .clone()
+        .upload_code(request)
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Project"))?
+        .into_inner();
+    app.forget_code(&project_id, &name);
+    Ok(Json(
+        json!({ "id": code.id, "rev": code.rev, "msg": "Upload successful." }),
+    ))
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "msg": "alive" }))
+}
+
+/// `GET /readyz`: NATS is connected and the registry answers; not ready while draining.
+pub async fn readyz(State(app): State<App>) -> ApiResult<Json<Value>> {
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Unavailable("draining".into()));
+    }
+    if app.nats.connection_state() != async_nats::connection::State::Connected {
+        return Err(ApiError::Unavailable("NATS is not connected".into()));
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let check = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await;
+    match check {
+        Ok(Ok(r))
+            if r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            Ok(Json(json!({ "msg": "ready" })))
+        }
+        _ => Err(ApiError::Unavailable(
+            "the registry is not reachable".into(),
+        )),
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("Route")
+}
+
+pub async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "msg": "Method not allowed" })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_take_defaults_and_accept_floats() {
+        let o = RawOptions::default().validate(1).unwrap();
+        assert_eq!(
+            o,
+            TaskOptions {
+                priority: 1,
+                timeout: 3600,
+                delay: 0,
+                label: None,
+                cluster: "default".into()
+            }
+        );
+        let o = RawOptions {
+            priority: Some(2.0),
+            timeout: Some(30.0),
+            delay: Some(5.0),
+            label: Some("x".into()),
+            cluster: Some(String::new()),
+        }
+        .validate(0)
+        .unwrap();
+        assert_eq!((o.priority, o.timeout, o.delay), (2, 30, 5));
+        assert_eq!(o.cluster, "default");
+    }
+
+    #[test]
+    fn options_outside_the_limits_are_refused() {
+        for raw in [
+            RawOptions {
+                priority: Some(3.0),
+                ..Default::default()
+            },
+            RawOptions {
+                priority: Some(1.5),
+                ..Default::default()
+            },
+            RawOptions {
+                timeout: Some(3601.0),
+                ..Default::default()
+            },
+            RawOptions {
+                timeout: Some(-1.0),
+                ..Default::default()
+            },
+            RawOptions {
+                delay: Some(604_801.0),
+                ..Default::default()
+            },
+            RawOptions {
+                delay: Some(f64::NAN),
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(raw.validate(0), Err(ApiError::BadRequest(_))));
+        }
+    }
+
+    #[test]
+    fn uploads_need_a_name_and_a_command() {
+        let data = |json: Value| serde_json::from_value::<UploadData>(json).unwrap();
+        let p = "p".to_string();
+        assert!(upload_request(p.clone(), data(json!({"command": "x"})), vec![]).is_err());
+        assert!(upload_request(p.clone(), data(json!({"name": "w"})), vec![]).is_err());
+        let r = upload_request(
+            p.clone(),
+            data(
+                json!({"name": "w", "runtime": "python", "file_name": "w.py",
+                        "env_vars": {"A": "1", "B": 2}, "config": {"k": true},
+                        "max_concurrency": -1, "retries": 3}),
+            ),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(r.command, "python3 w.py");
+        assert_eq!(r.env_vars["B"], "2");
+        assert_eq!(r.config.as_deref(), Some(r#"{"k":true}"#));
+        assert_eq!(r.max_concurrency, None);
+        assert_eq!(r.retries, 3);
+        assert!(upload_request(
+            p,
+            data(json!({"name": "w", "command": "x", "retries": 11})),
+            vec![]
+        )
+        .is_err());
+    }
+}

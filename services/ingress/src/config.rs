@@ -1,0 +1,56 @@
+use std::net::SocketAddr;
+
+/// The ingress's configuration: every option is a flag and an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "workhook-ingress",
+    version,
+    about = "workhook's ingress: webhooks and the IronWorker v2 API"
+)]
+pub struct Config {
+    /// HTTP listen address.
+    #[arg(long, env = "WORKHOOK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Stream and subject namespace; installations sharing one NATS server need distinct ones.
+    #[arg(long, env = "WORKHOOK_NATS_PREFIX", default_value = "workhook")]
+    pub nats_prefix: String,
+
+    /// Replicas of the task stream when the ingress creates it (3 on a NATS cluster).
+    #[arg(long, env = "WORKHOOK_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
+    /// The registry's gRPC URL.
+    #[arg(
+        long,
+        env = "WORKHOOK_REGISTRY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub registry_url: String,
+
+    /// How long a publish may wait for JetStream's acknowledgement before the webhook is
+    /// answered 503 (the sender retries). Keep it under the senders' own timeouts.
+    #[arg(long, env = "WORKHOOK_PUBLISH_TIMEOUT_MS", default_value_t = 2_000)]
+    pub publish_timeout_ms: u64,
+
+    /// Largest webhook body, JSON request and task payload, in bytes; larger ones answer 413.
+    /// It must stay below the NATS server's max_payload (1 MiB by default).
+    #[arg(long, env = "WORKHOOK_MAX_BODY_BYTES", default_value_t = 960 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest code upload, in bytes.
+    #[arg(long, env = "WORKHOOK_MAX_PACKAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_package_bytes: usize,
+
+    /// How long tokens and code lookups are cached, in milliseconds.
+    #[arg(long, env = "WORKHOOK_CACHE_TTL_MS", default_value_t = 5_000)]
+    pub cache_ttl_ms: u64,
+
+    /// How long in-flight requests may take to finish once shutdown starts, in seconds.
+    #[arg(long, env = "WORKHOOK_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+}

@@ -1,0 +1,125 @@
+//! workhook's ingress: the webhook endpoint and the IronWorker v2 REST API. A webhook is answered
+//! 200 only once JetStream has acknowledged the task it became.
+#![forbid(unsafe_code)]
+
+mod api;
+mod cache;
+mod config;
+mod error;
+mod legacy;
+mod state;
+mod views;
+
+use std::sync::{atomic::Ordering, Arc};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::{
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+    Router,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use workhook_core::stream::Layout;
+use workhook_proto::registry_client::RegistryClient;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use state::AppState;
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let upload_limit = state.max_package_bytes + 1024 * 1024;
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/2/projects/{project_id}/tasks/webhook", post(api::webhook))
+        .route("/2/projects/{project_id}/tasks", post(api::queue_tasks))
+        .route(
+            "/2/projects/{project_id}/tasks/{task_id}",
+            get(api::get_task),
+        )
+        .route(
+            "/2/projects/{project_id}/tasks/{task_id}/log",
+            get(api::task_log),
+        )
+        .route(
+            "/2/projects/{project_id}/tasks/{task_id}/outlog",
+            get(api::task_outlog),
+        )
+        .route(
+            "/2/projects/{project_id}/codes",
+            get(api::list_codes)
+                .post(api::upload_code)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        // Bodies are read with their own limits, which answer 413 as JSON.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Runs the ingress on `listener` until `shutdown` is cancelled; then it reports not ready,
+/// stops accepting and lets in-flight requests finish for at most `drain_secs`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.nats_prefix)?;
+    let publish_timeout = Duration::from_millis(config.publish_timeout_ms.max(1));
+    let nats = async_nats::ConnectOptions::new()
+        .name("workhook-ingress")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.nats_url.as_str())
+        .await
+        .context("connecting to NATS (NATS_URL)")?;
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(publish_timeout)
+        .build(nats.clone());
+    layout
+        .ensure_stream(&js, config.nats_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
+    let channel = Endpoint::from_shared(config.registry_url.clone())
+        .context("WORKHOOK_REGISTRY_URL")?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    let state = Arc::new(AppState::new(
+        RegistryClient::new(channel.clone()),
+        channel,
+        nats.clone(),
+        js,
+        layout,
+        publish_timeout,
+        config.max_body_bytes,
+        config.max_package_bytes,
+        Duration::from_millis(config.cache_ttl_ms),
+    ));
+    let app = router(state.clone());
+    tracing::info!(addr = %listener.local_addr()?, "ingress listening");
+
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        let state = state.clone();
+        async move {
+            shutdown.cancelled().await;
+            state.draining.store(true, Ordering::Relaxed);
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(config.drain_secs)).await;
+    };
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        _ = drain_deadline => tracing::warn!("drain deadline passed; closing remaining requests"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.drain()).await;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    workhook_core::telemetry::init_logging();
+    let config = workhook_ingress::Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    workhook_ingress::run(config, listener, workhook_core::shutdown::on_signal()).await
+}

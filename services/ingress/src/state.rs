@@ -1,0 +1,203 @@
+//! What every handler shares: the registry client, the publisher and the caches in front of the
+//! registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use tonic::transport::Channel;
+use workhook_core::{stream::Layout, Envelope};
+use workhook_proto::{self as pb, registry_client::RegistryClient};
+
+use crate::cache::TtlCache;
+use crate::error::{ApiError, ApiResult};
+
+/// What the ingress needs to know of a code to queue a task for it.
+#[derive(Debug, Clone)]
+pub struct CodeRef {
+    pub id: String,
+    pub name: String,
+    pub rev: i32,
+    pub default_priority: u8,
+}
+
+pub struct AppState {
+    pub registry: RegistryClient<Channel>,
+    /// The registry's channel, for health checks.
+    pub channel: Channel,
+    /// Set once shutdown starts, so readiness fails while requests drain.
+    pub draining: std::sync::atomic::AtomicBool,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub layout: Layout,
+    pub publish_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_package_bytes: usize,
+    /// (project id, token hash) -> the token grants the project.
+    tokens: TtlCache<(String, [u8; 32]), ()>,
+    /// "project/name" -> the code's current revision.
+    codes: TtlCache<String, Arc<CodeRef>>,
+}
+
+pub type App = Arc<AppState>;
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        registry: RegistryClient<Channel>,
+        channel: Channel,
+        nats: async_nats::Client,
+        js: jetstream::Context,
+        layout: Layout,
+        publish_timeout: Duration,
+        max_body_bytes: usize,
+        max_package_bytes: usize,
+        cache_ttl: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            channel,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            nats,
+            js,
+            layout,
+            publish_timeout,
+            max_body_bytes,
+            max_package_bytes,
+            tokens: TtlCache::new(cache_ttl, 100_000),
+            codes: TtlCache::new(cache_ttl, 100_000),
+        }
+    }
+
+    /// Checks that the request's token (`Authorization: OAuth T`, or `?oauth=T`) grants
+    /// `project_id`.
+    pub async fn authorize(
+        &self,
+        project_id: &str,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> ApiResult<()> {
+        let token = token_from(headers)
+            .or(query_token)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let key = (
+            project_id.to_string(),
+            workhook_core::token::hash_token(token),
+        );
+        if self.tokens.get(&key).is_some() {
+            return Ok(());
+        }
+        if !workhook_core::ids::is_id(project_id) {
+            return Err(ApiError::Unauthorized);
+        }
+        self.registry
+            .clone()
+            .authenticate(pb::AuthenticateRequest {
+                project_id: project_id.to_string(),
+                token: token.to_string(),
+            })
+            .await
+            .map_err(|s| ApiError::from_registry(s, "project"))?;
+        self.tokens.insert(key, ());
+        Ok(())
+    }
+
+    /// The current revision of a project's code, by name.
+    pub async fn code(&self, project_id: &str, name: &str) -> ApiResult<Arc<CodeRef>> {
+        let key = format!("{project_id}/{name}");
+        if let Some(code) = self.codes.get(&key) {
+            return Ok(code);
+        }
+        let code = self
+            .registry
+            .clone()
+            .get_code_by_name(pb::GetCodeByNameRequest {
+                project_id: project_id.to_string(),
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|s| ApiError::from_registry(s, "Code"))?
+            .into_inner();
+        let code = Arc::new(CodeRef {
+            id: code.id,
+            name: code.name,
+            rev: code.rev,
+            default_priority: code.default_priority.clamp(0, 2) as u8,
+        });
+        self.codes.insert(key, code.clone());
+        Ok(code)
+    }
+
+    pub fn forget_code(&self, project_id: &str, name: &str) {
+        self.codes.remove(&format!("{project_id}/{name}"));
+    }
+
+    /// Publishes a task and waits for JetStream's acknowledgement: only then is it durable. Any
+    /// failure, including no answer within the publish timeout, is a 503 so the sender retries.
+    pub async fn publish(&self, envelope: &Envelope, payload: Bytes) -> ApiResult<()> {
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return Err(ApiError::Unavailable(
+                "The queue is unavailable; retry shortly".into(),
+            ));
+        }
+        let subject =
+            self.layout
+                .task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(envelope.to_headers())
+            .message_id(envelope.task_id.as_str());
+        let acked = tokio::time::timeout(self.publish_timeout, async {
+            self.js.send_publish(subject, message).await?.await
+        })
+        .await;
+        match acked {
+            Ok(Ok(_ack)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, task_id = %envelope.task_id, "publish failed");
+                let msg = match e.kind() {
+                    PublishErrorKind::TimedOut => "The queue did not answer in time; retry shortly",
+                    _ => "The queue is unavailable; retry shortly",
+                };
+                Err(ApiError::Unavailable(msg.into()))
+            }
+            Err(_) => {
+                tracing::warn!(task_id = %envelope.task_id, "publish timed out");
+                Err(ApiError::Unavailable(
+                    "The queue did not answer in time; retry shortly".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The token of `Authorization: OAuth T` (the clients' spelling; `Bearer` is accepted too).
+fn token_from(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("oauth") || scheme.eq_ignore_ascii_case("bearer"))
+        .then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_authorization_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(token_from(&h), None);
+        h.insert("authorization", "OAuth abc".parse().unwrap());
+        assert_eq!(token_from(&h), Some("abc"));
+        h.insert("authorization", "Bearer xyz".parse().unwrap());
+        assert_eq!(token_from(&h), Some("xyz"));
+        h.insert("authorization", "Basic Zm9v".parse().unwrap());
+        assert_eq!(token_from(&h), None);
+    }
+}

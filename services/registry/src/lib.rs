@@ -1,0 +1,106 @@
+//! workhook's registry: tonic gRPC on Postgres. Projects and hashed tokens, code packages, tasks
+//! with their state machine, task logs, and the recorder that records queued tasks from the
+//! stream. Migrations are embedded and run at start.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod recorder;
+mod service;
+mod store;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use workhook_core::stream::Layout;
+use workhook_proto::registry_server::RegistryServer;
+
+pub use config::Config;
+pub use error::RegistryError;
+
+/// The migrations, embedded so a registry binary brings its own schema.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Largest gRPC message the registry accepts (code uploads carry the package).
+const MAX_MESSAGE: usize = 96 * 1024 * 1024;
+
+/// Runs the registry on `listener` until `shutdown` is cancelled; then it reports not serving,
+/// stops accepting, finishes in-flight calls and lets the recorder write what it holds.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.nats_prefix)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    MIGRATOR.run(&pool).await.context("running migrations")?;
+
+    let nats = async_nats::ConnectOptions::new()
+        .name("workhook-registry")
+        .retry_on_initial_connect()
+        .connect(config.nats_url.as_str())
+        .await
+        .context("connecting to NATS (NATS_URL)")?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = layout
+        .ensure_stream(&js, config.nats_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
+    let consumer = recorder::consumer(&stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the recorder consumer: {e}"))?;
+
+    let recorder_stop = CancellationToken::new();
+    let recorder_task = tokio::spawn(recorder::run(
+        pool.clone(),
+        consumer.clone(),
+        config.recorder_batch.max(1),
+        recorder_stop.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RegistryServer<service::RegistryService>>()
+        .await;
+    let service = service::RegistryService {
+        pool: pool.clone(),
+        admin_token: config.admin_token.clone(),
+        log_max_bytes: config.log_max_bytes,
+        max_package_bytes: config.max_package_bytes,
+        stream,
+        recorder: consumer,
+    };
+    tracing::info!(addr = %listener.local_addr()?, stream = layout.stream(), "registry listening");
+    let drain = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<RegistryServer<service::RegistryService>>()
+                .await;
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            RegistryServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), drain)
+        .await;
+    recorder_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), recorder_task).await;
+    let _ = nats.drain().await;
+    pool.close().await;
+    served.context("serving gRPC")
+}

@@ -1,0 +1,9 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    workhook_core::telemetry::init_logging();
+    let config = workhook_registry::Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    workhook_registry::run(config, listener, workhook_core::shutdown::on_signal()).await
+}

@@ -1,0 +1,178 @@
+//! The recorder: consumes every queued task from the stream and records it in Postgres in
+//! batches, acknowledging a message only once its row is committed. It is what makes
+//! `GET .../tasks/{id}` find a task the ingress has just queued.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, PullConsumer},
+    AckKind,
+};
+use futures_util::StreamExt;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use workhook_core::{stream::RECORDER_CONSUMER, Envelope};
+use workhook_proto as pb;
+
+use crate::store::{self, Queued};
+
+/// How long the recorder waits for more messages to fill a batch once it holds one.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+
+pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
+    pb::Envelope {
+        task_id: e.task_id,
+        project_id: e.project_id,
+        code_id: e.code_id,
+        code_name: e.code_name,
+        code_rev: e.code_rev,
+        priority: i32::from(e.priority),
+        timeout: e.timeout as i32,
+        delay: e.delay as i32,
+        label: e.label,
+        cluster: e.cluster,
+        received_at: e.received_at,
+        source: e.source.as_str().to_string(),
+    }
+}
+
+pub async fn consumer(
+    stream: &jetstream::stream::Stream,
+) -> Result<PullConsumer, async_nats::Error> {
+    Ok(stream
+        .get_or_create_consumer(
+            RECORDER_CONSUMER,
+            pull::Config {
+                durable_name: Some(RECORDER_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await?)
+}
+
+/// Runs until `shutdown`; a batch in hand is still written and acknowledged.
+pub async fn run(
+    pool: PgPool,
+    consumer: PullConsumer,
+    batch_size: usize,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        if let Err(e) = consume(&pool, &consumer, batch_size, &shutdown).await {
+            tracing::warn!(error = %e, "recorder interrupted; resuming");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
+async fn consume(
+    pool: &PgPool,
+    consumer: &PullConsumer,
+    batch_size: usize,
+    shutdown: &CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch_size)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let mut batch = Vec::with_capacity(batch_size);
+    loop {
+        let first = tokio::select! {
+            m = messages.next() => m,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        match first {
+            Some(m) => batch.push(m?),
+            None => return Ok(()),
+        }
+        let linger = tokio::time::sleep(BATCH_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < batch_size {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(m) => batch.push(m?),
+                    None => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+        record(pool, &mut batch).await;
+    }
+}
+
+async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) {
+    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut keep = Vec::with_capacity(batch.len());
+    for m in batch.drain(..) {
+        match Envelope::from_headers(m.headers.as_ref()) {
+            Ok(e) => {
+                envelopes.push(envelope_to_pb(e));
+                keep.push(m);
+            }
+            Err(e) => {
+                // Nothing can run it; terminating keeps it from being redelivered forever.
+                tracing::error!(error = %e, subject = %m.subject, "unreadable task message; dropped");
+                let _ = m.ack_with(AckKind::Term).await;
+            }
+        }
+    }
+    if keep.is_empty() {
+        return;
+    }
+    let queued: Vec<Queued<'_>> = envelopes
+        .iter()
+        .zip(&keep)
+        .map(|(envelope, m)| Queued {
+            envelope,
+            payload: &m.payload,
+        })
+        .collect();
+    match store::record_queued(pool, &queued).await {
+        Ok(_) => {
+            for m in &keep {
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "recorder ack failed; the message will be redelivered");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, n = keep.len(), "recording queued tasks failed; retrying");
+            for m in &keep {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+    }
+}
+
+/// Waits until the recorder has recorded every message the stream held when called, or until
+/// `deadline` passes. Used when a task id is not found: the ingress answers only after the
+/// stream has the message, so once the recorder's ack floor reaches the stream's last sequence,
+/// a task that is still missing truly does not exist.
+pub async fn wait_caught_up(
+    stream: &jetstream::stream::Stream,
+    consumer: &PullConsumer,
+    deadline: Duration,
+) -> Result<bool, async_nats::Error> {
+    let target = stream.get_info().await?.state.last_sequence;
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let info = consumer.get_info().await?;
+        if info.ack_floor.stream_sequence >= target {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

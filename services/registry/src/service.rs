@@ -1,0 +1,303 @@
+//! The gRPC surface of the registry.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer::PullConsumer, stream::Stream as JsStream};
+use futures_util::Stream;
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+use workhook_core::ids;
+use workhook_proto::{self as pb, registry_server::Registry};
+
+use crate::error::RegistryError;
+use crate::store::{self, Start};
+
+/// How recent an id must be for a lookup miss to wait on the recorder (older ids are answered
+/// at once).
+const RECENT_ID_SECS: u32 = 600;
+/// The longest a lookup waits for the recorder to catch up.
+const RECORDER_WAIT: Duration = Duration::from_secs(3);
+/// Package and log bytes are streamed in pieces of this size.
+const CHUNK: usize = 256 * 1024;
+
+pub struct RegistryService {
+    pub pool: PgPool,
+    pub admin_token: Option<String>,
+    pub log_max_bytes: i64,
+    pub max_package_bytes: usize,
+    pub stream: JsStream,
+    pub recorder: PullConsumer,
+}
+
+type ChunkStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn chunked<T: Send + 'static>(parts: Vec<Vec<u8>>, wrap: fn(bytes::Bytes) -> T) -> ChunkStream<T> {
+    let pieces: Vec<Result<T, Status>> = parts
+        .into_iter()
+        .flat_map(|part| {
+            let part = bytes::Bytes::from(part);
+            let n = part.len().div_ceil(CHUNK);
+            (0..n)
+                .map(move |i| part.slice(i * CHUNK..((i + 1) * CHUNK).min(part.len())))
+                .collect::<Vec<_>>()
+        })
+        .map(|b| Ok(wrap(b)))
+        .collect();
+    Box::pin(futures_util::stream::iter(pieces))
+}
+
+fn need_id(what: &'static str, id: &str) -> Result<(), Status> {
+    if ids::is_id(id) {
+        Ok(())
+    } else {
+        Err(RegistryError::NotFound(what).into())
+    }
+}
+
+impl RegistryService {
+    fn check_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = self.admin_token.as_deref().filter(|t| !t.is_empty()) else {
+            return Err(RegistryError::PermissionDenied(
+                "admin calls are disabled: set WORKHOOK_ADMIN_TOKEN on the registry",
+            )
+            .into());
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(RegistryError::Unauthenticated.into())
+        }
+    }
+
+    /// Whether a missed lookup of `id` deserves a wait for the recorder: only ids minted in the
+    /// last few minutes, so guessing ids cannot make the registry wait.
+    async fn recorder_may_know(&self, id: &str) -> bool {
+        let recent = ids::id_seconds(id).is_some_and(|secs| {
+            let now = chrono::Utc::now().timestamp() as u32;
+            now.saturating_sub(secs) <= RECENT_ID_SECS && secs <= now + 60
+        });
+        if !recent {
+            return false;
+        }
+        match crate::recorder::wait_caught_up(&self.stream, &self.recorder, RECORDER_WAIT).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the recorder's progress");
+                false
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn create_project(
+        &self,
+        req: Request<pb::CreateProjectRequest>,
+    ) -> Result<Response<pb::CreateProjectResponse>, Status> {
+        self.check_admin(&req)?;
+        let name = req.into_inner().name;
+        if name.trim().is_empty() {
+            return Err(RegistryError::InvalidArgument("a project needs a name".into()).into());
+        }
+        Ok(Response::new(
+            store::create_project(&self.pool, &name).await?,
+        ))
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let req = req.into_inner();
+        if ids::is_id(&req.project_id)
+            && store::authenticate(&self.pool, &req.project_id, &req.token).await?
+        {
+            Ok(Response::new(pb::AuthenticateResponse {}))
+        } else {
+            Err(RegistryError::Unauthenticated.into())
+        }
+    }
+
+    async fn upload_code(
+        &self,
+        req: Request<pb::UploadCodeRequest>,
+    ) -> Result<Response<pb::Code>, Status> {
+        let req = req.into_inner();
+        need_id("project", &req.project_id)?;
+        if req.name.trim().is_empty() {
+            return Err(RegistryError::InvalidArgument("a code needs a name".into()).into());
+        }
+        if req.command.trim().is_empty() {
+            return Err(RegistryError::InvalidArgument("a code needs a command".into()).into());
+        }
+        if req.package.len() > self.max_package_bytes {
+            return Err(RegistryError::InvalidArgument(format!(
+                "the package is larger than {} bytes",
+                self.max_package_bytes
+            ))
+            .into());
+        }
+        Ok(Response::new(store::upload_code(&self.pool, req).await?))
+    }
+
+    async fn list_codes(
+        &self,
+        req: Request<pb::ListCodesRequest>,
+    ) -> Result<Response<pb::ListCodesResponse>, Status> {
+        let req = req.into_inner();
+        let per_page = if req.per_page == 0 {
+            30
+        } else {
+            req.per_page.min(100)
+        };
+        let codes = store::list_codes(&self.pool, &req.project_id, req.page, per_page).await?;
+        Ok(Response::new(pb::ListCodesResponse { codes }))
+    }
+
+    async fn get_code_by_name(
+        &self,
+        req: Request<pb::GetCodeByNameRequest>,
+    ) -> Result<Response<pb::Code>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(
+            store::code_by_name(&self.pool, &req.project_id, &req.name).await?,
+        ))
+    }
+
+    type GetPackageStream = ChunkStream<pb::PackageChunk>;
+
+    async fn get_package(
+        &self,
+        req: Request<pb::GetPackageRequest>,
+    ) -> Result<Response<Self::GetPackageStream>, Status> {
+        let data = store::package(&self.pool, &req.into_inner().checksum).await?;
+        Ok(Response::new(chunked(vec![data], |data| {
+            pb::PackageChunk { data }
+        })))
+    }
+
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let req = req.into_inner();
+        need_id("task", &req.task_id)?;
+        if let Some(task) = store::task(&self.pool, &req.project_id, &req.task_id).await? {
+            return Ok(Response::new(task));
+        }
+        if self.recorder_may_know(&req.task_id).await {
+            if let Some(task) = store::task(&self.pool, &req.project_id, &req.task_id).await? {
+                return Ok(Response::new(task));
+            }
+        }
+        Err(RegistryError::NotFound("task").into())
+    }
+
+    type GetTaskLogStream = ChunkStream<pb::LogChunk>;
+
+    async fn get_task_log(
+        &self,
+        req: Request<pb::GetTaskLogRequest>,
+    ) -> Result<Response<Self::GetTaskLogStream>, Status> {
+        let req = req.into_inner();
+        need_id("task", &req.task_id)?;
+        let mut log =
+            store::task_log(&self.pool, &req.project_id, &req.task_id, req.stdout_only).await?;
+        if log.is_none() && self.recorder_may_know(&req.task_id).await {
+            log =
+                store::task_log(&self.pool, &req.project_id, &req.task_id, req.stdout_only).await?;
+        }
+        let log = log.ok_or(RegistryError::NotFound("task"))?;
+        Ok(Response::new(chunked(log, |data| pb::LogChunk { data })))
+    }
+
+    async fn start_task(
+        &self,
+        req: Request<pb::StartTaskRequest>,
+    ) -> Result<Response<pb::StartTaskResponse>, Status> {
+        use pb::start_task_response::Decision;
+        let req = req.into_inner();
+        let envelope = req
+            .envelope
+            .ok_or_else(|| RegistryError::InvalidArgument("no envelope".into()))?;
+        need_id("task", &envelope.task_id)?;
+        let lease_ms = req.lease_ms.clamp(1_000, 600_000);
+        let decision = match store::start_task(
+            &self.pool,
+            &envelope,
+            req.payload.as_deref(),
+            &req.runner_id,
+            lease_ms,
+        )
+        .await?
+        {
+            Start::Run(run) => Decision::Run(run),
+            Start::Skip(reason) => Decision::Skip(pb::Skip { reason }),
+            Start::Defer { after_ms, reason } => Decision::Defer(pb::Defer {
+                retry_after_ms: after_ms,
+                reason,
+            }),
+            Start::NeedPayload => Decision::NeedPayload(pb::NeedPayload {}),
+        };
+        Ok(Response::new(pb::StartTaskResponse {
+            decision: Some(decision),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let lease_ms = req.lease_ms.clamp(1_000, 600_000);
+        let keep_running =
+            store::heartbeat(&self.pool, &req.task_id, req.attempt, lease_ms).await?;
+        Ok(Response::new(pb::HeartbeatResponse { keep_running }))
+    }
+
+    async fn append_log(
+        &self,
+        req: Request<pb::AppendLogRequest>,
+    ) -> Result<Response<pb::AppendLogResponse>, Status> {
+        let req = req.into_inner();
+        let done = store::append_log(
+            &self.pool,
+            &req.task_id,
+            req.attempt,
+            &req.entries,
+            self.log_max_bytes,
+        )
+        .await?;
+        Ok(Response::new(pb::AppendLogResponse {
+            accepted: done.accepted,
+            log_size: done.log_size,
+            truncated: done.truncated,
+        }))
+    }
+
+    async fn finish_task(
+        &self,
+        req: Request<pb::FinishTaskRequest>,
+    ) -> Result<Response<pb::FinishTaskResponse>, Status> {
+        let req = req.into_inner();
+        let (recorded, status) = store::finish_task(
+            &self.pool,
+            &req.task_id,
+            req.attempt,
+            &req.status,
+            &req.msg,
+            &req.error_class,
+        )
+        .await?;
+        Ok(Response::new(pb::FinishTaskResponse { recorded, status }))
+    }
+}

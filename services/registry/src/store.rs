@@ -1,0 +1,652 @@
+//! Every query the registry runs. Rows are turned into the proto messages here, so the gRPC layer
+//! only routes and checks.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Postgres, Transaction};
+use workhook_core::ids;
+use workhook_proto as pb;
+
+use crate::error::{RegistryError, Result};
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn opt_ms(t: Option<DateTime<Utc>>) -> i64 {
+    t.map(ms).unwrap_or(0)
+}
+
+pub async fn create_project(pool: &PgPool, name: &str) -> Result<pb::CreateProjectResponse> {
+    let id = ids::new_id();
+    let token = workhook_core::token::new_token();
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO projects (id, name) VALUES ($1, $2)")
+        .bind(&id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO tokens (hash, project_id) VALUES ($1, $2)")
+        .bind(&workhook_core::token::hash_token(&token)[..])
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(pb::CreateProjectResponse {
+        id,
+        name: name.to_string(),
+        token,
+    })
+}
+
+/// Whether `token` grants access to `project_id`.
+pub async fn authenticate(pool: &PgPool, project_id: &str, token: &str) -> Result<bool> {
+    let hash = workhook_core::token::hash_token(token);
+    let found: Option<(String,)> =
+        sqlx::query_as("SELECT project_id FROM tokens WHERE hash = $1 AND project_id = $2")
+            .bind(&hash[..])
+            .bind(project_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(found.is_some())
+}
+
+#[derive(sqlx::FromRow)]
+struct CodeRow {
+    id: String,
+    project_id: String,
+    name: String,
+    rev: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    history_id: String,
+    command: String,
+    config: Option<String>,
+    env_vars: sqlx::types::Json<HashMap<String, String>>,
+    max_concurrency: Option<i32>,
+    retries: i32,
+    retries_delay: i32,
+    default_priority: i32,
+    runtime: String,
+    file_name: String,
+    checksum: Option<String>,
+    package_size: Option<i64>,
+}
+
+impl From<CodeRow> for pb::Code {
+    fn from(r: CodeRow) -> Self {
+        pb::Code {
+            id: r.id,
+            project_id: r.project_id,
+            name: r.name,
+            rev: r.rev,
+            command: r.command,
+            config: r.config,
+            env_vars: r.env_vars.0,
+            max_concurrency: r.max_concurrency,
+            retries: r.retries,
+            retries_delay: r.retries_delay,
+            default_priority: r.default_priority,
+            runtime: r.runtime,
+            file_name: r.file_name,
+            checksum: r.checksum.unwrap_or_default(),
+            package_size: r.package_size.unwrap_or(0),
+            created_at: ms(r.created_at),
+            updated_at: ms(r.updated_at),
+            latest_history_id: r.history_id,
+        }
+    }
+}
+
+const CODE_SELECT: &str = "SELECT c.id, c.project_id, c.name, c.rev, c.created_at, c.updated_at,
+        r.id AS history_id, r.command, r.config, r.env_vars, r.max_concurrency, r.retries,
+        r.retries_delay, r.default_priority, r.runtime, r.file_name, r.checksum,
+        p.size AS package_size
+    FROM codes c
+    JOIN code_revisions r ON r.code_id = c.id AND r.rev = c.rev
+    LEFT JOIN packages p ON p.checksum = r.checksum";
+
+/// Stores an upload: a new code at revision 1, or a new revision of the code with that name.
+pub async fn upload_code(pool: &PgPool, req: pb::UploadCodeRequest) -> Result<pb::Code> {
+    let checksum = if req.package.is_empty() {
+        None
+    } else {
+        Some(hex::encode(Sha256::digest(&req.package)))
+    };
+    let mut tx = pool.begin().await?;
+    if let Some(sum) = &checksum {
+        sqlx::query(
+            "INSERT INTO packages (checksum, data, size) VALUES ($1, $2, $3)
+             ON CONFLICT (checksum) DO NOTHING",
+        )
+        .bind(sum)
+        .bind(&req.package[..])
+        .bind(req.package.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // One statement creates the code or bumps its revision, so concurrent uploads of one name
+    // get distinct revisions.
+    let (code_id, rev): (String, i32) = sqlx::query_as(
+        "INSERT INTO codes (id, project_id, name, rev) VALUES ($1, $2, $3, 1)
+         ON CONFLICT (project_id, name)
+         DO UPDATE SET rev = codes.rev + 1, updated_at = now()
+         RETURNING id, rev",
+    )
+    .bind(ids::new_id())
+    .bind(&req.project_id)
+    .bind(&req.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO code_revisions (id, code_id, rev, command, config, env_vars,
+            max_concurrency, retries, retries_delay, default_priority, runtime, file_name, checksum)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(ids::new_id())
+    .bind(&code_id)
+    .bind(rev)
+    .bind(&req.command)
+    .bind(&req.config)
+    .bind(sqlx::types::Json(&req.env_vars))
+    .bind(req.max_concurrency)
+    .bind(req.retries)
+    .bind(req.retries_delay)
+    .bind(req.default_priority)
+    .bind(&req.runtime)
+    .bind(&req.file_name)
+    .bind(&checksum)
+    .execute(&mut *tx)
+    .await?;
+    let code: CodeRow = sqlx::query_as(&format!("{CODE_SELECT} WHERE c.id = $1"))
+        .bind(&code_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(code.into())
+}
+
+pub async fn list_codes(
+    pool: &PgPool,
+    project_id: &str,
+    page: u32,
+    per_page: u32,
+) -> Result<Vec<pb::Code>> {
+    let rows: Vec<CodeRow> = sqlx::query_as(&format!(
+        "{CODE_SELECT} WHERE c.project_id = $1 ORDER BY c.created_at, c.id LIMIT $2 OFFSET $3"
+    ))
+    .bind(project_id)
+    .bind(i64::from(per_page))
+    .bind(i64::from(page) * i64::from(per_page))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+pub async fn code_by_name(pool: &PgPool, project_id: &str, name: &str) -> Result<pb::Code> {
+    let row: Option<CodeRow> = sqlx::query_as(&format!(
+        "{CODE_SELECT} WHERE c.project_id = $1 AND c.name = $2"
+    ))
+    .bind(project_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    row.map(Into::into).ok_or(RegistryError::NotFound("code"))
+}
+
+pub async fn package(pool: &PgPool, checksum: &str) -> Result<Vec<u8>> {
+    let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT data FROM packages WHERE checksum = $1")
+        .bind(checksum)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| r.0).ok_or(RegistryError::NotFound("package"))
+}
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: String,
+    project_id: String,
+    code_id: String,
+    code_name: String,
+    code_rev: i32,
+    code_history_id: Option<String>,
+    status: String,
+    priority: i16,
+    timeout: i32,
+    delay: i32,
+    label: Option<String>,
+    cluster: String,
+    source: String,
+    payload: Vec<u8>,
+    msg: String,
+    error_class: String,
+    attempt: i32,
+    retry_count: i32,
+    percent: i32,
+    log_size: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    start_time: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+}
+
+impl From<TaskRow> for pb::Task {
+    fn from(r: TaskRow) -> Self {
+        pb::Task {
+            id: r.id,
+            project_id: r.project_id,
+            code_id: r.code_id,
+            code_name: r.code_name,
+            code_rev: r.code_rev,
+            code_history_id: r.code_history_id.unwrap_or_default(),
+            status: r.status,
+            priority: i32::from(r.priority),
+            timeout: r.timeout,
+            delay: r.delay,
+            label: r.label,
+            cluster: r.cluster,
+            msg: r.msg,
+            error_class: r.error_class,
+            retry_count: r.retry_count,
+            attempt: r.attempt,
+            log_size: r.log_size,
+            percent: r.percent,
+            payload: r.payload.into(),
+            created_at: ms(r.created_at),
+            updated_at: ms(r.updated_at),
+            start_time: opt_ms(r.start_time),
+            end_time: opt_ms(r.end_time),
+            source: r.source,
+        }
+    }
+}
+
+pub async fn task(pool: &PgPool, project_id: &str, task_id: &str) -> Result<Option<pb::Task>> {
+    let row: Option<TaskRow> = sqlx::query_as(
+        "SELECT t.*, r.id AS code_history_id
+         FROM tasks t
+         LEFT JOIN code_revisions r ON r.code_id = t.code_id AND r.rev = t.code_rev
+         WHERE t.id = $1 AND t.project_id = $2",
+    )
+    .bind(task_id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// The log of the task's current attempt, in the order it was written. `None` when the task does
+/// not exist in that project.
+pub async fn task_log(
+    pool: &PgPool,
+    project_id: &str,
+    task_id: &str,
+    stdout_only: bool,
+) -> Result<Option<Vec<Vec<u8>>>> {
+    let attempt: Option<(i32,)> =
+        sqlx::query_as("SELECT attempt FROM tasks WHERE id = $1 AND project_id = $2")
+            .bind(task_id)
+            .bind(project_id)
+            .fetch_optional(pool)
+            .await?;
+    let Some((attempt,)) = attempt else {
+        return Ok(None);
+    };
+    let chunks: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT data FROM task_logs
+         WHERE task_id = $1 AND attempt = $2 AND ($3 = false OR stream = $4)
+         ORDER BY id",
+    )
+    .bind(task_id)
+    .bind(attempt)
+    .bind(stdout_only)
+    .bind(pb::LogStream::Stdout as i16)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(chunks.into_iter().map(|c| c.0).collect()))
+}
+
+/// One queued task as the recorder or a runner saw it on the stream.
+pub struct Queued<'a> {
+    pub envelope: &'a pb::Envelope,
+    pub payload: &'a [u8],
+}
+
+/// Records queued tasks in one statement; a task already recorded (a redelivery, or a runner that
+/// recorded it first) is left as it is.
+pub async fn record_queued<'e, E>(executor: E, batch: &[Queued<'_>]) -> Result<u64>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let mut id = Vec::with_capacity(batch.len());
+    let mut project = Vec::with_capacity(batch.len());
+    let mut code_id = Vec::with_capacity(batch.len());
+    let mut code_name = Vec::with_capacity(batch.len());
+    let mut code_rev = Vec::with_capacity(batch.len());
+    let mut priority = Vec::with_capacity(batch.len());
+    let mut timeout = Vec::with_capacity(batch.len());
+    let mut delay = Vec::with_capacity(batch.len());
+    let mut label = Vec::with_capacity(batch.len());
+    let mut cluster = Vec::with_capacity(batch.len());
+    let mut source = Vec::with_capacity(batch.len());
+    let mut payload = Vec::with_capacity(batch.len());
+    let mut received = Vec::with_capacity(batch.len());
+    for q in batch {
+        let e = q.envelope;
+        id.push(e.task_id.as_str());
+        project.push(e.project_id.as_str());
+        code_id.push(e.code_id.as_str());
+        code_name.push(e.code_name.as_str());
+        code_rev.push(e.code_rev);
+        priority.push(e.priority as i16);
+        timeout.push(e.timeout);
+        delay.push(e.delay);
+        label.push(e.label.as_deref());
+        cluster.push(e.cluster.as_str());
+        source.push(e.source.as_str());
+        payload.push(q.payload);
+        received.push(e.received_at);
+    }
+    let done = sqlx::query(
+        "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
+            delay, label, cluster, source, payload, created_at, updated_at)
+         SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
+            cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0)
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int2[],
+            $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[])
+            AS q(id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
+                 cluster, source, payload, received)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(project)
+    .bind(code_id)
+    .bind(code_name)
+    .bind(code_rev)
+    .bind(priority)
+    .bind(timeout)
+    .bind(delay)
+    .bind(label)
+    .bind(cluster)
+    .bind(source)
+    .bind(payload)
+    .bind(received)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+#[derive(sqlx::FromRow)]
+struct StartRow {
+    project_id: String,
+    status: String,
+    code_id: String,
+    code_rev: i32,
+    timeout: i32,
+    lease_left_ms: Option<i64>,
+    due_in_ms: i64,
+}
+
+/// command, config, env_vars, checksum of one code revision.
+type RevisionRow = (
+    String,
+    Option<String>,
+    sqlx::types::Json<HashMap<String, String>>,
+    Option<String>,
+);
+
+/// What the registry tells a runner that took a task from the stream.
+pub enum Start {
+    Run(pb::Run),
+    Skip(String),
+    Defer { after_ms: i64, reason: String },
+    NeedPayload,
+}
+
+/// Decides whether a runner may run a task it took from the stream, and if so, starts a new
+/// attempt under a lease. The row lock makes the decision atomic across runners.
+pub async fn start_task(
+    pool: &PgPool,
+    envelope: &pb::Envelope,
+    payload: Option<&[u8]>,
+    runner_id: &str,
+    lease_ms: i64,
+) -> Result<Start> {
+    let mut tx = pool.begin().await?;
+    let mut row = lock_for_start(&mut tx, &envelope.task_id).await?;
+    if row.is_none() {
+        let Some(payload) = payload else {
+            return Ok(Start::NeedPayload);
+        };
+        record_queued(&mut *tx, &[Queued { envelope, payload }]).await?;
+        row = lock_for_start(&mut tx, &envelope.task_id).await?;
+    }
+    let Some(row) = row else {
+        return Err(RegistryError::NotFound("task"));
+    };
+    if row.project_id != envelope.project_id {
+        return Ok(Start::Skip("the envelope names another project".into()));
+    }
+    match row.status.as_str() {
+        "queued" => {}
+        "preparing" | "running" => match row.lease_left_ms {
+            Some(left) if left > 0 => {
+                return Ok(Start::Defer {
+                    after_ms: left,
+                    reason: "another runner holds the task".into(),
+                })
+            }
+            // The runner that held it stopped renewing its lease: take the task over.
+            _ => {}
+        },
+        finished => return Ok(Start::Skip(finished.to_string())),
+    }
+    if row.due_in_ms > 0 {
+        return Ok(Start::Defer {
+            after_ms: row.due_in_ms,
+            reason: "delayed".into(),
+        });
+    }
+    let revision: Option<RevisionRow> = sqlx::query_as(
+        "SELECT command, config, env_vars, checksum FROM code_revisions
+             WHERE code_id = $1 AND rev = $2",
+    )
+    .bind(&row.code_id)
+    .bind(row.code_rev)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((command, config, env_vars, checksum)) = revision else {
+        sqlx::query(
+            "UPDATE tasks SET status = 'error', msg = 'The code revision no longer exists.',
+                error_class = 'Code Not Found', end_time = now(), updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(&envelope.task_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(Start::Skip("error".into()));
+    };
+    let (attempt,): (i32,) = sqlx::query_as(
+        "UPDATE tasks SET status = 'running', attempt = attempt + 1, runner_id = $2,
+            lease_expires_at = now() + $3 * interval '1 millisecond',
+            start_time = now(), updated_at = now(), msg = '', error_class = ''
+         WHERE id = $1
+         RETURNING attempt",
+    )
+    .bind(&envelope.task_id)
+    .bind(runner_id)
+    .bind(lease_ms as f64)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Start::Run(pb::Run {
+        attempt,
+        command,
+        config,
+        env_vars: env_vars.0,
+        checksum: checksum.unwrap_or_default(),
+        timeout: row.timeout,
+    }))
+}
+
+async fn lock_for_start(
+    tx: &mut Transaction<'_, Postgres>,
+    task_id: &str,
+) -> Result<Option<StartRow>> {
+    Ok(sqlx::query_as(
+        "SELECT project_id, status, code_id, code_rev, timeout,
+            (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::int8 AS lease_left_ms,
+            GREATEST(0, (EXTRACT(EPOCH FROM (created_at + delay * interval '1 second' - now()))
+                * 1000)::int8) AS due_in_ms
+         FROM tasks WHERE id = $1 FOR UPDATE",
+    )
+    .bind(task_id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Renews the lease of a running attempt. False when the attempt no longer holds the task.
+pub async fn heartbeat(pool: &PgPool, task_id: &str, attempt: i32, lease_ms: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET lease_expires_at = now() + $3 * interval '1 millisecond'
+         WHERE id = $1 AND attempt = $2 AND status = 'running'",
+    )
+    .bind(task_id)
+    .bind(attempt)
+    .bind(lease_ms as f64)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The outcome of appending log output.
+pub struct Appended {
+    pub accepted: bool,
+    pub log_size: i64,
+    pub truncated: bool,
+}
+
+/// Appends log output of a running attempt, keeping at most `max_bytes` per task; the first
+/// write past the cap is cut and followed by a mark.
+pub async fn append_log(
+    pool: &PgPool,
+    task_id: &str,
+    attempt: i32,
+    entries: &[pb::LogEntry],
+    max_bytes: i64,
+) -> Result<Appended> {
+    let mut tx = pool.begin().await?;
+    let state: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT log_size, log_truncated FROM tasks
+         WHERE id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE",
+    )
+    .bind(task_id)
+    .bind(attempt)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((mut size, mut truncated)) = state else {
+        return Ok(Appended {
+            accepted: false,
+            log_size: 0,
+            truncated: false,
+        });
+    };
+    let mut streams: Vec<i16> = Vec::with_capacity(entries.len() + 1);
+    let mut datas: Vec<&[u8]> = Vec::with_capacity(entries.len() + 1);
+    let mark;
+    for entry in entries {
+        if truncated {
+            break;
+        }
+        let room = (max_bytes - size).max(0) as usize;
+        let data = &entry.data[..];
+        if data.len() <= room {
+            streams.push(entry.stream as i16);
+            datas.push(data);
+            size += data.len() as i64;
+        } else {
+            if room > 0 {
+                streams.push(entry.stream as i16);
+                datas.push(&data[..room]);
+                size += room as i64;
+            }
+            truncated = true;
+        }
+    }
+    if truncated && !state.is_some_and(|s| s.1) {
+        mark = format!("\n[workhook: log truncated at {max_bytes} bytes]\n");
+        streams.push(3);
+        datas.push(mark.as_bytes());
+    }
+    if !datas.is_empty() {
+        sqlx::query(
+            "INSERT INTO task_logs (task_id, attempt, stream, data)
+             SELECT $1, $2, stream, data FROM UNNEST($3::int2[], $4::bytea[]) AS l(stream, data)",
+        )
+        .bind(task_id)
+        .bind(attempt)
+        .bind(&streams)
+        .bind(&datas)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tasks SET log_size = $2, log_truncated = $3 WHERE id = $1")
+            .bind(task_id)
+            .bind(size)
+            .bind(truncated)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Appended {
+        accepted: true,
+        log_size: size,
+        truncated,
+    })
+}
+
+pub const FINAL_STATUSES: [&str; 5] = ["complete", "error", "timeout", "cancelled", "killed"];
+
+/// Records the final status of an attempt, only if that attempt still holds the task. Returns
+/// whether it was recorded and the task's status afterwards.
+pub async fn finish_task(
+    pool: &PgPool,
+    task_id: &str,
+    attempt: i32,
+    status: &str,
+    msg: &str,
+    error_class: &str,
+) -> Result<(bool, String)> {
+    if !FINAL_STATUSES.contains(&status) {
+        return Err(RegistryError::InvalidArgument(format!(
+            "{status:?} is not a final status"
+        )));
+    }
+    let updated: Option<(String,)> = sqlx::query_as(
+        "UPDATE tasks SET status = $3, msg = $4, error_class = $5, end_time = now(),
+            updated_at = now(), lease_expires_at = NULL,
+            percent = CASE WHEN $3 = 'complete' THEN 100 ELSE percent END
+         WHERE id = $1 AND attempt = $2 AND status = 'running'
+         RETURNING status",
+    )
+    .bind(task_id)
+    .bind(attempt)
+    .bind(status)
+    .bind(msg)
+    .bind(error_class)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((status,)) = updated {
+        return Ok((true, status));
+    }
+    let current: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = $1")
+        .bind(task_id)
+        .fetch_optional(pool)
+        .await?;
+    match current {
+        Some((status,)) => Ok((false, status)),
+        None => Err(RegistryError::NotFound("task")),
+    }
+}

@@ -1,0 +1,52 @@
+use std::path::PathBuf;
+
+/// The runner's configuration: every option is a flag and an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "workhook-runner",
+    version,
+    about = "workhook's runner: runs workers for queued tasks"
+)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Stream and subject namespace; installations sharing one NATS server need distinct ones.
+    #[arg(long, env = "WORKHOOK_NATS_PREFIX", default_value = "workhook")]
+    pub nats_prefix: String,
+
+    /// Replicas of the task stream when the runner creates it (3 on a NATS cluster).
+    #[arg(long, env = "WORKHOOK_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
+    /// The registry's gRPC URL.
+    #[arg(
+        long,
+        env = "WORKHOOK_REGISTRY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub registry_url: String,
+
+    /// Tasks this runner runs at once.
+    #[arg(long, env = "WORKHOOK_RUNNER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// Where packages are cached and tasks get their directories.
+    #[arg(long, env = "WORKHOOK_RUNNER_DIR", default_value_os_t = std::env::temp_dir().join("workhook-runner"))]
+    pub dir: PathBuf,
+
+    /// This runner's name in task records (default: host name and a random suffix).
+    #[arg(long, env = "WORKHOOK_RUNNER_ID")]
+    pub runner_id: Option<String>,
+
+    /// Seconds a task stays with this runner without a renewal; renewed every third of it while
+    /// the worker runs. A runner that dies loses its tasks to another after this long.
+    #[arg(long, env = "WORKHOOK_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+
+    /// Seconds running tasks get to finish once shutdown starts; after that their workers are
+    /// killed and the tasks handed back to the stream.
+    #[arg(long, env = "WORKHOOK_DRAIN_SECS", default_value_t = 25)]
+    pub drain_secs: u64,
+}

@@ -1,0 +1,291 @@
+//! Runs a worker. Executors sit behind one trait so other isolation (containers, WebAssembly) can
+//! be added; `ProcessExecutor` runs the worker as a local process group under IronWorker's
+//! contract.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use workhook_proto as pb;
+
+use crate::logs::{Output, Tail};
+
+/// Everything needed to run one attempt of a task.
+pub struct Job {
+    pub task_id: String,
+    pub attempt: i32,
+    pub command: String,
+    pub config: Option<String>,
+    pub env_vars: HashMap<String, String>,
+    pub payload: Bytes,
+    pub timeout: Duration,
+    /// The unpacked code package, if the code has one.
+    pub package: Option<PathBuf>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    Error {
+        msg: String,
+        error_class: String,
+    },
+    Timeout {
+        msg: String,
+    },
+    /// Stopped from outside (cancelled, or the task was lost to another runner).
+    Stopped,
+}
+
+impl Outcome {
+    /// The status, message and error class reported to the registry.
+    pub fn report(&self) -> (&'static str, String, String) {
+        match self {
+            Outcome::Complete => ("complete", String::new(), String::new()),
+            Outcome::Error { msg, error_class } => ("error", msg.clone(), error_class.clone()),
+            Outcome::Timeout { msg } => ("timeout", msg.clone(), "Timeout".into()),
+            Outcome::Stopped => ("cancelled", "Cancelled".into(), String::new()),
+        }
+    }
+}
+
+pub trait Executor: Send + Sync + 'static {
+    /// Runs the job, sending its output to `logs`, until it ends, times out or `stop` fires.
+    fn run(
+        &self,
+        job: Job,
+        logs: mpsc::Sender<Output>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
+}
+
+/// Runs workers as local processes: `sh -c "<command> \"$@\""` with IronWorker's arguments and
+/// environment, in a fresh task directory holding a copy of the package, in its own process
+/// group so a timeout or a cancel kills the worker and everything it started.
+pub struct ProcessExecutor {
+    /// Parent of the per-task directories.
+    pub tasks_dir: PathBuf,
+}
+
+/// How much of stderr becomes `msg` when a worker fails.
+const STDERR_TAIL: usize = 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// Variables of the runner's own environment a worker inherits; nothing else (no secrets).
+const INHERITED_ENV: [&str; 4] = ["PATH", "LANG", "LC_ALL", "TZ"];
+
+impl Executor for ProcessExecutor {
+    async fn run(
+        &self,
+        job: Job,
+        logs: mpsc::Sender<Output>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Outcome> {
+        let root = self
+            .tasks_dir
+            .join(format!("{}.{}", job.task_id, job.attempt));
+        let result = self.run_in(&root, job, logs, stop).await;
+        let cleanup = root.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cleanup));
+        result
+    }
+}
+
+impl ProcessExecutor {
+    async fn run_in(
+        &self,
+        root: &Path,
+        job: Job,
+        logs: mpsc::Sender<Output>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Outcome> {
+        let work = root.join("task");
+        let payload_file = root.join("payload");
+        let config_file = root.join("config");
+        {
+            let (root, work, package) = (root.to_path_buf(), work.clone(), job.package.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let _ = std::fs::remove_dir_all(&root);
+                std::fs::create_dir_all(&root)?;
+                match package {
+                    Some(package) => crate::package::copy_tree(&package, &work),
+                    None => std::fs::create_dir_all(&work),
+                }
+            })
+            .await??;
+        }
+        tokio::fs::write(&payload_file, &job.payload).await?;
+        tokio::fs::write(&config_file, job.config.as_deref().unwrap_or("")).await?;
+
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("{} \"$@\"", job.command))
+            .arg("workhook-worker")
+            .arg("-payload")
+            .arg(&payload_file)
+            .arg("-config")
+            .arg(&config_file)
+            .arg("-id")
+            .arg(&job.task_id)
+            .arg("-d")
+            .arg(&work)
+            .current_dir(&work)
+            .env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        command
+            .env("HOME", &work)
+            .env("PAYLOAD_FILE", &payload_file)
+            .env("CONFIG_FILE", &config_file)
+            .env("TASK_ID", &job.task_id)
+            .env("TASK_DIR", &work)
+            .envs(&job.env_vars)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let pgid = child.id().map(|id| id as i32);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(pump(out, pb::LogStream::Stdout, logs.clone(), None)));
+        let stderr = child.stderr.take().map(|err| {
+            tokio::spawn(pump(
+                err,
+                pb::LogStream::Stderr,
+                logs.clone(),
+                Some(Tail::new(STDERR_TAIL)),
+            ))
+        });
+        drop(logs);
+
+        enum End {
+            Exited(std::io::Result<ExitStatus>),
+            TimedOut,
+            Stopped,
+        }
+        let end = tokio::select! {
+            status = child.wait() => End::Exited(status),
+            _ = tokio::time::sleep(job.timeout) => End::TimedOut,
+            _ = stop.cancelled() => End::Stopped,
+        };
+        // Whatever happened, nothing the worker started outlives it.
+        if let Some(pgid) = pgid {
+            kill_group(pgid);
+        }
+        let _ = child.wait().await;
+        // The pipes close once the group is gone; a process that left the group could hold
+        // them, so the pumps get a bounded time.
+        let drain = Duration::from_secs(2);
+        if let Some(out) = stdout {
+            let _ = tokio::time::timeout(drain, out).await;
+        }
+        let tail = match stderr {
+            Some(err) => match tokio::time::timeout(drain, err).await {
+                Ok(Ok(tail)) => tail.map(|t| t.text()).unwrap_or_default(),
+                _ => String::new(),
+            },
+            None => String::new(),
+        };
+        Ok(match end {
+            End::Exited(status) => outcome(status?, tail),
+            End::TimedOut => Outcome::Timeout {
+                msg: format!("Task timed out after {} seconds", job.timeout.as_secs()),
+            },
+            End::Stopped => Outcome::Stopped,
+        })
+    }
+}
+
+fn outcome(status: ExitStatus, stderr_tail: String) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Outcome::Complete;
+    }
+    let error_class = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("Process Exit {code}"),
+        (None, Some(signal)) => format!("Process Signal {signal}"),
+        (None, None) => "Process Error".into(),
+    };
+    let msg = if stderr_tail.is_empty() {
+        error_class.clone()
+    } else {
+        stderr_tail
+    };
+    Outcome::Error { msg, error_class }
+}
+
+fn kill_group(pgid: i32) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, error = %e, "killing the worker's process group failed"),
+    }
+}
+
+/// Reads a pipe to its end, forwarding every read; keeps a tail if asked.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: pb::LogStream,
+    logs: mpsc::Sender<Output>,
+    mut tail: Option<Tail>,
+) -> Option<Tail> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(t) = tail.as_mut() {
+                    t.push(&buf[..n]);
+                }
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                if logs.send(Output { stream, data }).await.is_err() {
+                    // Nobody ships logs any more; keep draining so the worker never blocks.
+                    continue;
+                }
+            }
+        }
+    }
+    tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_map_to_outcomes() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            outcome(ExitStatus::from_raw(0), "x".into()),
+            Outcome::Complete
+        );
+        assert_eq!(
+            outcome(ExitStatus::from_raw(3 << 8), "boom".into()),
+            Outcome::Error {
+                msg: "boom".into(),
+                error_class: "Process Exit 3".into()
+            }
+        );
+        assert_eq!(
+            outcome(ExitStatus::from_raw(9), String::new()),
+            Outcome::Error {
+                msg: "Process Signal 9".into(),
+                error_class: "Process Signal 9".into()
+            }
+        );
+    }
+}

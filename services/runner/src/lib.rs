@@ -1,0 +1,444 @@
+//! workhook's runner: pulls tasks from JetStream, asks the registry to start each one, runs the
+//! worker, streams its output, keeps the task's lease alive while it runs, reports the final
+//! status and only then acknowledges the message. Run as many replicas as you like.
+#![forbid(unsafe_code)]
+
+mod config;
+pub mod executor;
+mod logs;
+mod package;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Channel, Endpoint};
+use workhook_core::{stream::Layout, stream::RUNNER_CONSUMER, Envelope};
+use workhook_proto::{self as pb, registry_client::RegistryClient};
+
+pub use config::Config;
+use executor::{Executor, Job, Outcome, ProcessExecutor};
+
+/// How long one pull request waits for tasks.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+struct Runner {
+    registry: RegistryClient<Channel>,
+    packages: package::PackageCache,
+    executor: ProcessExecutor,
+    runner_id: String,
+    lease: Duration,
+}
+
+/// Runs the runner until `shutdown` is cancelled; then it stops pulling, gives running tasks
+/// `drain_secs` to finish, and kills and hands back the rest.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.nats_prefix)?;
+    let lease = Duration::from_secs(config.lease_secs.max(3));
+    let nats = async_nats::ConnectOptions::new()
+        .name("workhook-runner")
+        .connect(config.nats_url.as_str())
+        .await
+        .context("connecting to NATS (NATS_URL)")?;
+    let js = jetstream::new(nats.clone());
+    let stream = layout
+        .ensure_stream(&js, config.nats_replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            RUNNER_CONSUMER,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(RUNNER_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: lease,
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the runner consumer: {e}"))?;
+    let channel = Endpoint::from_shared(config.registry_url.clone())
+        .context("WORKHOOK_REGISTRY_URL")?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    let registry = RegistryClient::new(channel);
+    let runner_id = config.runner_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "runner".into());
+        format!("{host}-{:08x}", rand_u32())
+    });
+    let runner = Arc::new(Runner {
+        packages: package::PackageCache::new(config.dir.join("packages"), registry.clone()),
+        executor: ProcessExecutor {
+            tasks_dir: config.dir.join("tasks"),
+        },
+        registry,
+        runner_id,
+        lease,
+    });
+    tracing::info!(runner_id = %runner.runner_id, concurrency = config.concurrency, "runner pulling");
+
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    // Cancelled when the drain deadline passes: running workers are killed and handed back.
+    let abandon = CancellationToken::new();
+    pull_loop(&consumer, &slots, &tracker, &runner, &abandon, &shutdown).await;
+
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(config.drain_secs), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; handing running tasks back");
+        abandon.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.drain()).await;
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// Pulls exactly as many tasks as there are free slots, so no task waits in this runner's buffer
+/// while another runner is idle.
+async fn pull_loop(
+    consumer: &PullConsumer,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    runner: &Arc<Runner>,
+    abandon: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                m = batch.next() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let Some(permit) = permits.pop() else { break };
+                    let runner = runner.clone();
+                    let abandon = abandon.clone();
+                    tracker.spawn(async move { runner.handle(message, permit, abandon).await });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "pull ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn envelope_to_pb(e: &Envelope) -> pb::Envelope {
+    pb::Envelope {
+        task_id: e.task_id.clone(),
+        project_id: e.project_id.clone(),
+        code_id: e.code_id.clone(),
+        code_name: e.code_name.clone(),
+        code_rev: e.code_rev,
+        priority: i32::from(e.priority),
+        timeout: e.timeout as i32,
+        delay: e.delay as i32,
+        label: e.label.clone(),
+        cluster: e.cluster.clone(),
+        received_at: e.received_at,
+        source: e.source.as_str().to_string(),
+    }
+}
+
+async fn nak(message: &jetstream::Message, after: Duration) {
+    if let Err(e) = message.ack_with(AckKind::Nak(Some(after))).await {
+        tracing::warn!(error = %e, "nak failed; the message is redelivered after its ack wait");
+    }
+}
+
+impl Runner {
+    async fn handle(
+        self: Arc<Self>,
+        message: jetstream::Message,
+        _slot: OwnedSemaphorePermit,
+        abandon: CancellationToken,
+    ) {
+        let envelope = match Envelope::from_headers(message.headers.as_ref()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %message.subject, "unreadable task message; dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let due_in = envelope.due_at() - now_ms();
+        if due_in > 0 {
+            nak(&message, Duration::from_millis(due_in as u64)).await;
+            return;
+        }
+        let run = match self.start(&envelope, &message).await {
+            Ok(pb::start_task_response::Decision::Run(run)) => run,
+            Ok(pb::start_task_response::Decision::Skip(skip)) => {
+                tracing::debug!(task_id = %envelope.task_id, reason = %skip.reason, "skipped");
+                let _ = message.double_ack().await;
+                return;
+            }
+            Ok(pb::start_task_response::Decision::Defer(defer)) => {
+                tracing::debug!(task_id = %envelope.task_id, reason = %defer.reason, "deferred");
+                nak(
+                    &message,
+                    Duration::from_millis(defer.retry_after_ms.max(100) as u64),
+                )
+                .await;
+                return;
+            }
+            Ok(pb::start_task_response::Decision::NeedPayload(_)) | Err(_) => {
+                nak(&message, Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        let task_id = envelope.task_id.clone();
+        let attempt = run.attempt;
+        tracing::info!(%task_id, attempt, code = %envelope.code_name, "running");
+
+        // Keep both leases alive while the task is ours: the message's (ack progress) and the
+        // registry's (heartbeat). A refused heartbeat means the task is no longer ours.
+        let stop = abandon.child_token();
+        let keeper = tokio::spawn(keep_lease(
+            self.registry.clone(),
+            message.clone(),
+            task_id.clone(),
+            attempt,
+            self.lease,
+            stop.clone(),
+        ));
+
+        let outcome = self
+            .execute(&envelope, run, message.payload.clone(), stop.clone())
+            .await;
+        let abandoned = abandon.is_cancelled();
+        let lost = stop.is_cancelled() && !abandoned;
+        let (status, msg, error_class) = match &outcome {
+            Ok(o) => o.report(),
+            Err(e) => (
+                "error",
+                format!("workhook could not run the task: {e:#}"),
+                "Runner Error".to_string(),
+            ),
+        };
+        if abandoned {
+            // Shutting down: hand the task back. Another runner takes it over once the
+            // registry's lease lapses.
+            keeper.abort();
+            nak(&message, Duration::ZERO).await;
+            return;
+        }
+        if !lost {
+            if let Err(e) = self
+                .finish(&task_id, attempt, status, &msg, &error_class)
+                .await
+            {
+                tracing::error!(%task_id, error = %e, "could not report the result; the task will run again");
+                keeper.abort();
+                nak(&message, Duration::ZERO).await;
+                return;
+            }
+        }
+        keeper.abort();
+        if let Err(e) = message.double_ack().await {
+            tracing::warn!(%task_id, error = %e, "ack failed; a redelivery will be skipped");
+        }
+        tracing::info!(%task_id, attempt, status, "finished");
+    }
+
+    async fn start(
+        &self,
+        envelope: &Envelope,
+        message: &jetstream::Message,
+    ) -> Result<pb::start_task_response::Decision, tonic::Status> {
+        let mut request = pb::StartTaskRequest {
+            envelope: Some(envelope_to_pb(envelope)),
+            runner_id: self.runner_id.clone(),
+            lease_ms: self.lease.as_millis() as i64,
+            payload: None,
+        };
+        for _ in 0..2 {
+            let decision = self
+                .registry
+                .clone()
+                .start_task(request.clone())
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "StartTask failed"))?
+                .into_inner()
+                .decision
+                .ok_or_else(|| tonic::Status::internal("StartTask answered no decision"))?;
+            match decision {
+                // The recorder has not recorded the task yet: let the registry record it now.
+                pb::start_task_response::Decision::NeedPayload(_) if request.payload.is_none() => {
+                    request.payload = Some(message.payload.clone());
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(tonic::Status::internal(
+            "StartTask asked for the payload twice",
+        ))
+    }
+
+    async fn execute(
+        &self,
+        envelope: &Envelope,
+        run: pb::Run,
+        payload: bytes::Bytes,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Outcome> {
+        let package = if run.checksum.is_empty() {
+            None
+        } else {
+            Some(self.packages.get(&run.checksum).await?)
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let shipper = tokio::spawn(
+            logs::LogShipper {
+                registry: self.registry.clone(),
+                task_id: envelope.task_id.clone(),
+                attempt: run.attempt,
+            }
+            .run(rx),
+        );
+        let job = Job {
+            task_id: envelope.task_id.clone(),
+            attempt: run.attempt,
+            command: run.command,
+            config: run.config,
+            env_vars: run.env_vars,
+            payload,
+            timeout: Duration::from_secs(u64::from(run.timeout.max(1) as u32)),
+            package,
+        };
+        let outcome = self.executor.run(job, tx, stop).await;
+        let _ = shipper.await;
+        outcome
+    }
+
+    /// Reports the final status, retrying while the registry is unreachable.
+    async fn finish(
+        &self,
+        task_id: &str,
+        attempt: i32,
+        status: &str,
+        msg: &str,
+        error_class: &str,
+    ) -> Result<(), tonic::Status> {
+        let mut delay = Duration::from_millis(200);
+        let give_up = tokio::time::Instant::now() + self.lease * 2;
+        loop {
+            let result = self
+                .registry
+                .clone()
+                .finish_task(pb::FinishTaskRequest {
+                    task_id: task_id.to_string(),
+                    attempt,
+                    status: status.to_string(),
+                    msg: msg.to_string(),
+                    error_class: error_class.to_string(),
+                })
+                .await;
+            match result {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if !r.recorded {
+                        tracing::warn!(%task_id, attempt, current = %r.status, "result not recorded: the attempt no longer holds the task");
+                    }
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(%task_id, error = %e, "reporting the result failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Renews the message's ack deadline and the registry's lease every third of the lease, until
+/// aborted; cancels `stop` if the registry says the task is no longer this attempt's.
+async fn keep_lease(
+    registry: RegistryClient<Channel>,
+    message: jetstream::Message,
+    task_id: String,
+    attempt: i32,
+    lease: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::warn!(%task_id, error = %e, "renewing the message lease failed");
+        }
+        let beat = registry
+            .clone()
+            .heartbeat(pb::HeartbeatRequest {
+                task_id: task_id.clone(),
+                attempt,
+                lease_ms: lease.as_millis() as i64,
+            })
+            .await;
+        match beat {
+            Ok(r) if !r.get_ref().keep_running => {
+                tracing::info!(%task_id, attempt, "the task is no longer ours; stopping it");
+                stop.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%task_id, error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The end-to-end suite: every test starts its own nats-server, database and services.
+
+mod api;
+mod broker;
+mod worker;
