@@ -19,6 +19,9 @@ pub const LABEL: &str = "Workhook-Label";
 pub const CLUSTER: &str = "Workhook-Cluster";
 pub const RECEIVED_AT: &str = "Workhook-Received-At";
 pub const SOURCE: &str = "Workhook-Source";
+pub const RETRY_OF: &str = "Workhook-Retry-Of";
+pub const RETRY_COUNT: &str = "Workhook-Retry-Count";
+pub const SCHEDULE_ID: &str = "Workhook-Schedule-Id";
 
 /// Free-text values (names, labels) are percent-encoded so that no byte can break a header.
 const FREE_TEXT: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
@@ -28,6 +31,8 @@ const FREE_TEXT: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
 pub enum Source {
     Webhook,
     Api,
+    Retry,
+    Schedule,
 }
 
 impl Source {
@@ -35,6 +40,8 @@ impl Source {
         match self {
             Source::Webhook => "webhook",
             Source::Api => "api",
+            Source::Retry => "retry",
+            Source::Schedule => "schedule",
         }
     }
 
@@ -42,6 +49,8 @@ impl Source {
         match s {
             "webhook" => Some(Source::Webhook),
             "api" => Some(Source::Api),
+            "retry" => Some(Source::Retry),
+            "schedule" => Some(Source::Schedule),
             _ => None,
         }
     }
@@ -66,6 +75,12 @@ pub struct Envelope {
     /// Unix milliseconds at which the ingress accepted the task.
     pub received_at: i64,
     pub source: Source,
+    /// The task this one retries.
+    pub retry_of: Option<String>,
+    /// How many retries precede this task (0 for a first run).
+    pub retry_count: u32,
+    /// The schedule that queued this task.
+    pub schedule_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,6 +111,15 @@ impl Envelope {
         h.insert(CLUSTER, encode(&self.cluster).as_str());
         h.insert(RECEIVED_AT, self.received_at.to_string().as_str());
         h.insert(SOURCE, self.source.as_str());
+        if let Some(id) = &self.retry_of {
+            h.insert(RETRY_OF, id.as_str());
+        }
+        if self.retry_count > 0 {
+            h.insert(RETRY_COUNT, self.retry_count.to_string().as_str());
+        }
+        if let Some(id) = &self.schedule_id {
+            h.insert(SCHEDULE_ID, id.as_str());
+        }
         h
     }
 
@@ -138,6 +162,18 @@ impl Envelope {
             cluster: decode(get(CLUSTER)?, CLUSTER)?,
             received_at: num(get(RECEIVED_AT)?, RECEIVED_AT)?,
             source: Source::parse(get(SOURCE)?).ok_or(EnvelopeError::Malformed(SOURCE))?,
+            retry_of: match h.get(RETRY_OF) {
+                Some(_) => Some(id(RETRY_OF)?),
+                None => None,
+            },
+            retry_count: match h.get(RETRY_COUNT) {
+                Some(v) => num(v.as_str(), RETRY_COUNT)?,
+                None => 0,
+            },
+            schedule_id: match h.get(SCHEDULE_ID) {
+                Some(_) => Some(id(SCHEDULE_ID)?),
+                None => None,
+            },
         })
     }
 
@@ -176,6 +212,9 @@ mod tests {
             cluster: "default".into(),
             received_at: 1_700_000_000_123,
             source: Source::Webhook,
+            retry_of: Some(ids::new_id()),
+            retry_count: 2,
+            schedule_id: Some(ids::new_id()),
         }
     }
 
@@ -191,6 +230,9 @@ mod tests {
         assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), e);
         let mut no_label = e.clone();
         no_label.label = None;
+        no_label.retry_of = None;
+        no_label.retry_count = 0;
+        no_label.schedule_id = None;
         assert_eq!(
             Envelope::from_headers(Some(&no_label.to_headers())).unwrap(),
             no_label

@@ -61,6 +61,17 @@ impl Layout {
         format!("{}.tasks.p{priority}.{project_id}.{code_id}", self.prefix)
     }
 
+    /// Core NATS subject (outside the stream) on which the registry announces that a task was
+    /// cancelled, so the runner running it stops it at once.
+    pub fn cancel_subject(&self, task_id: &str) -> String {
+        format!("{}.control.cancel.{task_id}", self.prefix)
+    }
+
+    /// Every cancel announcement, for runners to subscribe to.
+    pub fn all_cancels(&self) -> String {
+        format!("{}.control.cancel.*", self.prefix)
+    }
+
     /// The stream configuration. File storage, so an acknowledged webhook survives a NATS restart;
     /// interest retention, since both the recorder and the runners consume every task.
     pub fn stream_config(&self, replicas: usize) -> stream::Config {
@@ -98,6 +109,8 @@ mod tests {
         assert_eq!(l.stream(), "WH_TEST_1_TASKS");
         assert_eq!(l.all_tasks(), "wh-test_1.tasks.>");
         assert_eq!(l.task_subject(2, "p", "c"), "wh-test_1.tasks.p2.p.c");
+        assert_eq!(l.cancel_subject("t"), "wh-test_1.control.cancel.t");
+        assert_eq!(l.all_cancels(), "wh-test_1.control.cancel.*");
     }
 
     #[test]

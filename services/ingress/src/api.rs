@@ -97,7 +97,12 @@ impl RawOptions {
     }
 }
 
-fn envelope(project_id: &str, code: &CodeRef, options: TaskOptions, source: Source) -> Envelope {
+pub(crate) fn envelope(
+    project_id: &str,
+    code: &CodeRef,
+    options: TaskOptions,
+    source: Source,
+) -> Envelope {
     Envelope {
         task_id: ids::new_id(),
         project_id: project_id.to_string(),
@@ -111,6 +116,9 @@ fn envelope(project_id: &str, code: &CodeRef, options: TaskOptions, source: Sour
         cluster: options.cluster,
         received_at: chrono::Utc::now().timestamp_millis(),
         source,
+        retry_of: None,
+        retry_count: 0,
+        schedule_id: None,
     }
 }
 
@@ -140,12 +148,12 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
     }
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
 }
 
-fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -347,6 +355,20 @@ pub struct Paging {
     per_page: Option<u32>,
 }
 
+impl Paging {
+    /// IronWorker's paging: page 0-100, per_page 1-100 (default 30).
+    pub fn validate(&self) -> ApiResult<(u32, u32)> {
+        let page = self.page.unwrap_or(0);
+        let per_page = self.per_page.unwrap_or(30);
+        if page > 100 || per_page == 0 || per_page > 100 {
+            return Err(ApiError::BadRequest(
+                "page must be 0-100 and per_page 1-100".into(),
+            ));
+        }
+        Ok((page, per_page))
+    }
+}
+
 /// `GET /2/projects/{P}/codes`.
 pub async fn list_codes(
     State(app): State<App>,
@@ -354,15 +376,8 @@ pub async fn list_codes(
     q: Result<Query<Paging>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let paging = query(q)?;
+    let (page, per_page) = query(q)?.validate()?;
     app.authorize(&project_id, &headers, None).await?;
-    let page = paging.page.unwrap_or(0);
-    let per_page = paging.per_page.unwrap_or(30);
-    if page > 100 || per_page == 0 || per_page > 100 {
-        return Err(ApiError::BadRequest(
-            "page must be 0-100 and per_page 1-100".into(),
-        ));
-    }
     let codes = app
         .registry
         .clone()
@@ -524,6 +539,208 @@ pub async fn upload_code(
     app.forget_code(&project_id, &name);
     Ok(Json(
         json!({ "id": code.id, "rev": code.rev, "msg": "Upload successful." }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TaskListQuery {
+    page: Option<u32>,
+    per_page: Option<u32>,
+    code_name: Option<String>,
+    queued: Option<String>,
+    preparing: Option<String>,
+    running: Option<String>,
+    complete: Option<String>,
+    error: Option<String>,
+    cancelled: Option<String>,
+    killed: Option<String>,
+    timeout: Option<String>,
+    from_time: Option<String>,
+    to_time: Option<String>,
+    label: Option<String>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|v| matches!(v, "1" | "true" | "yes" | "on"))
+}
+
+/// `GET /2/projects/{P}/tasks`: newest first; the status flags are OR'd.
+pub async fn list_tasks(
+    State(app): State<App>,
+    Path(project_id): Path<String>,
+    q: Result<Query<TaskListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let q = query(q)?;
+    let (page, per_page) = Paging {
+        page: q.page,
+        per_page: q.per_page,
+    }
+    .validate()?;
+    app.authorize(&project_id, &headers, None).await?;
+    let statuses: Vec<String> = [
+        ("queued", &q.queued),
+        ("preparing", &q.preparing),
+        ("running", &q.running),
+        ("complete", &q.complete),
+        ("error", &q.error),
+        ("cancelled", &q.cancelled),
+        ("killed", &q.killed),
+        ("timeout", &q.timeout),
+    ]
+    .into_iter()
+    .filter(|(_, v)| flag(v))
+    .map(|(s, _)| s.to_string())
+    .collect();
+    let seconds = |v: Option<String>, field: &str| -> ApiResult<i64> {
+        Ok(number(v, field)?.map(|n| n as i64).unwrap_or(0))
+    };
+    let tasks = app
+        .registry
+        .clone()
+        .list_tasks(pb::ListTasksRequest {
+            project_id,
+            page,
+            per_page,
+            code_name: q.code_name.unwrap_or_default(),
+            statuses,
+            from_time: seconds(q.from_time, "from_time")?,
+            to_time: seconds(q.to_time, "to_time")?,
+            label: q.label.filter(|l| !l.is_empty()),
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Project"))?
+        .into_inner()
+        .tasks;
+    let tasks: Vec<TaskView> = tasks.into_iter().map(Into::into).collect();
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+/// `POST /2/projects/{P}/tasks/{T}/cancel`: no body, no content type needed.
+pub async fn cancel_task(
+    State(app): State<App>,
+    Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    let status = app
+        .registry
+        .clone()
+        .cancel_task(pb::GetTaskRequest {
+            project_id,
+            task_id,
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Task"))?
+        .into_inner()
+        .status;
+    if status == "cancelled" {
+        Ok(Json(json!({ "msg": "Cancelled" })))
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "The task has already finished ({status})"
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ProgressRequest {
+    percent: Option<f64>,
+    msg: Option<String>,
+}
+
+/// `POST /2/projects/{P}/tasks/{T}/progress`: `{"percent": 0..100, "msg": "..."}`.
+pub async fn set_progress(
+    State(app): State<App>,
+    Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    require_json(&headers)?;
+    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let progress: ProgressRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let percent = match progress.percent {
+        None => 0,
+        Some(p) => whole(p, "percent", 0.0, 100.0)? as i32,
+    };
+    app.registry
+        .clone()
+        .set_progress(pb::SetProgressRequest {
+            project_id,
+            task_id,
+            percent,
+            msg: progress.msg.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Task"))?;
+    Ok(Json(json!({ "msg": "Progress set" })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RetryRequest {
+    delay: Option<f64>,
+}
+
+/// `POST /2/projects/{P}/tasks/{T}/retry`: queues the task again as a new task (new id,
+/// `retry_count` + 1, `retry_of` the original), running the revision the original ran.
+pub async fn retry_task(
+    State(app): State<App>,
+    Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    require_json(&headers)?;
+    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let retry: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?
+    };
+    let original = app
+        .registry
+        .clone()
+        .get_task(pb::GetTaskRequest {
+            project_id: project_id.clone(),
+            task_id,
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Task"))?
+        .into_inner();
+    if matches!(original.status.as_str(), "queued" | "preparing" | "running") {
+        return Err(ApiError::BadRequest(format!(
+            "The task is still {}; retry it once it has finished",
+            original.status
+        )));
+    }
+    let delay = match retry.delay {
+        None => 0,
+        Some(d) => whole(d, "delay", 0.0, f64::from(MAX_DELAY))?,
+    };
+    let envelope = Envelope {
+        task_id: ids::new_id(),
+        project_id,
+        code_id: original.code_id,
+        code_name: original.code_name,
+        code_rev: original.code_rev,
+        priority: original.priority.clamp(0, 2) as u8,
+        timeout: original.timeout.max(1) as u32,
+        delay,
+        label: original.label,
+        cluster: original.cluster,
+        received_at: chrono::Utc::now().timestamp_millis(),
+        source: Source::Retry,
+        retry_of: Some(original.id),
+        retry_count: original.retry_count.max(0) as u32 + 1,
+        schedule_id: original.schedule_id,
+    };
+    app.publish(&envelope, original.payload).await?;
+    Ok(Json(
+        json!({ "msg": "Queued up", "tasks": [{ "id": envelope.task_id }] }),
     ))
 }
 

@@ -4,9 +4,11 @@
 
 mod api;
 mod cache;
+mod codes;
 mod config;
 mod error;
 mod legacy;
+mod schedules;
 mod state;
 mod views;
 
@@ -36,7 +38,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/2/projects/{project_id}/tasks/webhook", post(api::webhook))
-        .route("/2/projects/{project_id}/tasks", post(api::queue_tasks))
+        .route(
+            "/2/projects/{project_id}/tasks",
+            get(api::list_tasks).post(api::queue_tasks),
+        )
         .route(
             "/2/projects/{project_id}/tasks/{task_id}",
             get(api::get_task),
@@ -48,6 +53,58 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/2/projects/{project_id}/tasks/{task_id}/outlog",
             get(api::task_outlog),
+        )
+        .route(
+            "/2/projects/{project_id}/tasks/{task_id}/cancel",
+            post(api::cancel_task),
+        )
+        .route(
+            "/2/projects/{project_id}/tasks/{task_id}/progress",
+            post(api::set_progress),
+        )
+        .route(
+            "/2/projects/{project_id}/tasks/{task_id}/retry",
+            post(api::retry_task),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}",
+            get(codes::info).delete(codes::delete),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/revisions",
+            get(codes::revisions),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/download",
+            get(codes::download),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/stats",
+            get(codes::stats),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/pause_task_queue",
+            post(codes::pause),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/resume_task_queue",
+            post(codes::resume),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/cancel_all",
+            post(codes::cancel_all),
+        )
+        .route(
+            "/2/projects/{project_id}/schedules",
+            get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/2/projects/{project_id}/schedules/{schedule_id}",
+            get(schedules::info).put(schedules::update),
+        )
+        .route(
+            "/2/projects/{project_id}/schedules/{schedule_id}/cancel",
+            post(schedules::cancel),
         )
         .route(
             "/2/projects/{project_id}/codes",

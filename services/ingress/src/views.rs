@@ -45,6 +45,10 @@ pub struct TaskView {
     pub start_time: String,
     pub end_time: String,
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
 }
 
 impl From<pb::Task> for TaskView {
@@ -76,6 +80,8 @@ impl From<pb::Task> for TaskView {
             start_time: time(t.start_time),
             end_time: time(t.end_time),
             source: t.source,
+            retry_of: t.retry_of,
+            schedule_id: t.schedule_id,
         }
     }
 }
@@ -152,5 +158,63 @@ mod tests {
         let v = TaskView::from(pb::Task::default());
         assert_eq!(v.duration, None);
         assert_eq!(v.start_time, UNSET_TIME);
+    }
+}
+
+#[derive(Serialize)]
+pub struct ScheduleView {
+    pub id: String,
+    pub project_id: String,
+    pub code_name: String,
+    pub name: String,
+    pub payload: String,
+    pub status: String,
+    pub msg: String,
+    pub run_count: i32,
+    pub error_count: i32,
+    pub last_run_time: String,
+    pub next_start: String,
+    pub start_at: String,
+    pub end_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_every: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_times: Option<i32>,
+    pub priority: i32,
+    pub timeout: i32,
+    pub delay: i32,
+    pub cluster: String,
+    pub label: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<pb::Schedule> for ScheduleView {
+    fn from(s: pb::Schedule) -> Self {
+        let spec = s.spec.unwrap_or_default();
+        ScheduleView {
+            id: s.id,
+            project_id: s.project_id,
+            code_name: spec.code_name,
+            name: spec.name,
+            payload: String::from_utf8_lossy(&spec.payload).into_owned(),
+            status: s.status,
+            msg: s.msg,
+            run_count: s.run_count,
+            error_count: s.error_count,
+            last_run_time: time(s.last_run_time),
+            next_start: time(s.next_start),
+            start_at: time(spec.start_at),
+            end_at: time(spec.end_at),
+            run_every: (spec.run_every > 0).then_some(spec.run_every),
+            run_times: (spec.run_times > 0).then_some(spec.run_times),
+            priority: spec.priority,
+            timeout: spec.timeout,
+            delay: spec.delay,
+            cluster: spec.cluster,
+            label: spec.label,
+            created_at: time(s.created_at),
+            updated_at: time(s.updated_at),
+        }
     }
 }

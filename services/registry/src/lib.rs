@@ -77,6 +77,8 @@ pub async fn run(
         max_package_bytes: config.max_package_bytes,
         stream,
         recorder: consumer,
+        nats: nats.clone(),
+        layout: layout.clone(),
     };
     tracing::info!(addr = %listener.local_addr()?, stream = layout.stream(), "registry listening");
     let drain = {

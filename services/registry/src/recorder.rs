@@ -34,6 +34,9 @@ pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
         cluster: e.cluster,
         received_at: e.received_at,
         source: e.source.as_str().to_string(),
+        retry_of: e.retry_of,
+        retry_count: e.retry_count as i32,
+        schedule_id: e.schedule_id,
     }
 }
 

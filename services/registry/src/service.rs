@@ -19,6 +19,8 @@ use crate::store::{self, Start};
 const RECENT_ID_SECS: u32 = 600;
 /// The longest a lookup waits for the recorder to catch up.
 const RECORDER_WAIT: Duration = Duration::from_secs(3);
+/// The longest a task list waits for the recorder to catch up.
+const LIST_RECORDER_WAIT: Duration = Duration::from_secs(1);
 /// Package and log bytes are streamed in pieces of this size.
 const CHUNK: usize = 256 * 1024;
 
@@ -29,6 +31,8 @@ pub struct RegistryService {
     pub max_package_bytes: usize,
     pub stream: JsStream,
     pub recorder: PullConsumer,
+    pub nats: async_nats::Client,
+    pub layout: workhook_core::stream::Layout,
 }
 
 type ChunkStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -46,6 +50,15 @@ fn chunked<T: Send + 'static>(parts: Vec<Vec<u8>>, wrap: fn(bytes::Bytes) -> T) 
         .map(|b| Ok(wrap(b)))
         .collect();
     Box::pin(futures_util::stream::iter(pieces))
+}
+
+/// IronWorker's paging: 30 a page by default, at most 100.
+fn per_page(asked: u32) -> u32 {
+    if asked == 0 {
+        30
+    } else {
+        asked.min(100)
+    }
 }
 
 fn need_id(what: &'static str, id: &str) -> Result<(), Status> {
@@ -74,6 +87,29 @@ impl RegistryService {
             Ok(())
         } else {
             Err(RegistryError::Unauthenticated.into())
+        }
+    }
+
+    /// Read your writes for calls over many tasks (lists, stats, cancel_all): waits, briefly,
+    /// until the recorder has recorded every task queued before the call. A lagging recorder
+    /// only delays the answer, never fails it.
+    async fn catch_up(&self) {
+        if let Err(e) =
+            crate::recorder::wait_caught_up(&self.stream, &self.recorder, LIST_RECORDER_WAIT).await
+        {
+            tracing::warn!(error = %e, "cannot read the recorder's progress");
+        }
+    }
+
+    /// Tells the runners that a task was cancelled, so the one running it stops it now rather
+    /// than at its next heartbeat (which stops it anyway if this message is lost).
+    async fn announce_cancel(&self, task_id: &str) {
+        if let Err(e) = self
+            .nats
+            .publish(self.layout.cancel_subject(task_id), bytes::Bytes::new())
+            .await
+        {
+            tracing::warn!(%task_id, error = %e, "announcing a cancel failed; the heartbeat will stop it");
         }
     }
 
@@ -218,6 +254,206 @@ impl Registry for RegistryService {
         }
         let log = log.ok_or(RegistryError::NotFound("task"))?;
         Ok(Response::new(chunked(log, |data| pb::LogChunk { data })))
+    }
+
+    async fn get_code(&self, req: Request<pb::CodeRequest>) -> Result<Response<pb::Code>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        Ok(Response::new(
+            store::code(&self.pool, &req.project_id, &req.code_id).await?,
+        ))
+    }
+
+    async fn delete_code(
+        &self,
+        req: Request<pb::CodeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        store::delete_code(&self.pool, &req.project_id, &req.code_id).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_revisions(
+        &self,
+        req: Request<pb::ListRevisionsRequest>,
+    ) -> Result<Response<pb::ListCodesResponse>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        let codes = store::revisions(
+            &self.pool,
+            &req.project_id,
+            &req.code_id,
+            req.page,
+            per_page(req.per_page),
+        )
+        .await?;
+        Ok(Response::new(pb::ListCodesResponse { codes }))
+    }
+
+    async fn get_revision(
+        &self,
+        req: Request<pb::GetRevisionRequest>,
+    ) -> Result<Response<pb::Code>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        Ok(Response::new(
+            store::revision(&self.pool, &req.project_id, &req.code_id, req.rev).await?,
+        ))
+    }
+
+    async fn code_stats(
+        &self,
+        req: Request<pb::CodeRequest>,
+    ) -> Result<Response<pb::CodeStatsResponse>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        self.catch_up().await;
+        let counts = store::code_stats(&self.pool, &req.project_id, &req.code_id).await?;
+        Ok(Response::new(pb::CodeStatsResponse { counts }))
+    }
+
+    async fn set_code_paused(
+        &self,
+        req: Request<pb::SetCodePausedRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        store::set_code_paused(&self.pool, &req.project_id, &req.code_id, req.paused).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn cancel_all(
+        &self,
+        req: Request<pb::CodeRequest>,
+    ) -> Result<Response<pb::CancelAllResponse>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        self.catch_up().await;
+        let cancelled = store::cancel_all(&self.pool, &req.project_id, &req.code_id).await?;
+        Ok(Response::new(pb::CancelAllResponse { cancelled }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let req = req.into_inner();
+        self.catch_up().await;
+        let tasks = store::list_tasks(&self.pool, &req, per_page(req.per_page)).await?;
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn cancel_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let req = req.into_inner();
+        need_id("task", &req.task_id)?;
+        let mut status = store::cancel_task(&self.pool, &req.project_id, &req.task_id).await?;
+        if status.is_none() && self.recorder_may_know(&req.task_id).await {
+            status = store::cancel_task(&self.pool, &req.project_id, &req.task_id).await?;
+        }
+        let status = status.ok_or(RegistryError::NotFound("task"))?;
+        if status == "cancelled" {
+            self.announce_cancel(&req.task_id).await;
+        }
+        Ok(Response::new(pb::CancelTaskResponse { status }))
+    }
+
+    async fn set_progress(
+        &self,
+        req: Request<pb::SetProgressRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        need_id("task", &req.task_id)?;
+        if !(0..=100).contains(&req.percent) {
+            return Err(RegistryError::InvalidArgument("percent must be 0-100".into()).into());
+        }
+        let mut found = store::set_progress(
+            &self.pool,
+            &req.project_id,
+            &req.task_id,
+            req.percent,
+            &req.msg,
+        )
+        .await?;
+        if !found && self.recorder_may_know(&req.task_id).await {
+            found = store::set_progress(
+                &self.pool,
+                &req.project_id,
+                &req.task_id,
+                req.percent,
+                &req.msg,
+            )
+            .await?;
+        }
+        if !found {
+            return Err(RegistryError::NotFound("task").into());
+        }
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn create_schedules(
+        &self,
+        req: Request<pb::CreateSchedulesRequest>,
+    ) -> Result<Response<pb::CreateSchedulesResponse>, Status> {
+        let req = req.into_inner();
+        for spec in &req.schedules {
+            store::code_by_name(&self.pool, &req.project_id, &spec.code_name).await?;
+        }
+        let ids = store::create_schedules(&self.pool, &req.project_id, &req.schedules).await?;
+        Ok(Response::new(pb::CreateSchedulesResponse { ids }))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let req = req.into_inner();
+        let schedules = store::list_schedules(
+            &self.pool,
+            &req.project_id,
+            req.page,
+            per_page(req.per_page),
+        )
+        .await?;
+        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+    }
+
+    async fn get_schedule(
+        &self,
+        req: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let req = req.into_inner();
+        need_id("schedule", &req.schedule_id)?;
+        Ok(Response::new(
+            store::schedule(&self.pool, &req.project_id, &req.schedule_id).await?,
+        ))
+    }
+
+    async fn update_schedule(
+        &self,
+        req: Request<pb::UpdateScheduleRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        need_id("schedule", &req.schedule_id)?;
+        let spec = req
+            .spec
+            .ok_or_else(|| RegistryError::InvalidArgument("no schedule".into()))?;
+        store::code_by_name(&self.pool, &req.project_id, &spec.code_name).await?;
+        store::update_schedule(&self.pool, &req.project_id, &req.schedule_id, &spec).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn cancel_schedule(
+        &self,
+        req: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        need_id("schedule", &req.schedule_id)?;
+        store::cancel_schedule(&self.pool, &req.project_id, &req.schedule_id).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn start_task(

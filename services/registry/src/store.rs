@@ -230,6 +230,8 @@ struct TaskRow {
     updated_at: DateTime<Utc>,
     start_time: Option<DateTime<Utc>>,
     end_time: Option<DateTime<Utc>>,
+    retry_of: Option<String>,
+    schedule_id: Option<String>,
 }
 
 impl From<TaskRow> for pb::Task {
@@ -259,6 +261,8 @@ impl From<TaskRow> for pb::Task {
             start_time: opt_ms(r.start_time),
             end_time: opt_ms(r.end_time),
             source: r.source,
+            retry_of: r.retry_of,
+            schedule_id: r.schedule_id,
         }
     }
 }
@@ -333,6 +337,9 @@ where
     let mut source = Vec::with_capacity(batch.len());
     let mut payload = Vec::with_capacity(batch.len());
     let mut received = Vec::with_capacity(batch.len());
+    let mut retry_of = Vec::with_capacity(batch.len());
+    let mut retry_count = Vec::with_capacity(batch.len());
+    let mut schedule_id = Vec::with_capacity(batch.len());
     for q in batch {
         let e = q.envelope;
         id.push(e.task_id.as_str());
@@ -348,16 +355,22 @@ where
         source.push(e.source.as_str());
         payload.push(q.payload);
         received.push(e.received_at);
+        retry_of.push(e.retry_of.as_deref());
+        retry_count.push(e.retry_count);
+        schedule_id.push(e.schedule_id.as_deref());
     }
     let done = sqlx::query(
         "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
-            delay, label, cluster, source, payload, created_at, updated_at)
+            delay, label, cluster, source, payload, created_at, updated_at, retry_of, retry_count,
+            schedule_id)
          SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
-            cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0)
+            cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0),
+            retry_of, retry_count, schedule_id
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int2[],
-            $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[])
+            $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[],
+            $14::text[], $15::int4[], $16::text[])
             AS q(id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
-                 cluster, source, payload, received)
+                 cluster, source, payload, received, retry_of, retry_count, schedule_id)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
@@ -373,6 +386,9 @@ where
     .bind(source)
     .bind(payload)
     .bind(received)
+    .bind(retry_of)
+    .bind(retry_count)
+    .bind(schedule_id)
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
@@ -387,6 +403,7 @@ struct StartRow {
     timeout: i32,
     lease_left_ms: Option<i64>,
     due_in_ms: i64,
+    code_paused: Option<bool>,
 }
 
 /// command, config, env_vars, checksum of one code revision.
@@ -396,6 +413,9 @@ type RevisionRow = (
     sqlx::types::Json<HashMap<String, String>>,
     Option<String>,
 );
+
+/// How often a task of a paused code is offered again.
+const PAUSED_RECHECK_MS: i64 = 2_000;
 
 /// What the registry tells a runner that took a task from the stream.
 pub enum Start {
@@ -442,6 +462,12 @@ pub async fn start_task(
             _ => {}
         },
         finished => return Ok(Start::Skip(finished.to_string())),
+    }
+    if row.code_paused == Some(true) {
+        return Ok(Start::Defer {
+            after_ms: PAUSED_RECHECK_MS,
+            reason: "the code's task queue is paused".into(),
+        });
     }
     if row.due_in_ms > 0 {
         return Ok(Start::Defer {
@@ -500,8 +526,9 @@ async fn lock_for_start(
         "SELECT project_id, status, code_id, code_rev, timeout,
             (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::int8 AS lease_left_ms,
             GREATEST(0, (EXTRACT(EPOCH FROM (created_at + delay * interval '1 second' - now()))
-                * 1000)::int8) AS due_in_ms
-         FROM tasks WHERE id = $1 FOR UPDATE",
+                * 1000)::int8) AS due_in_ms,
+            (SELECT paused FROM codes WHERE codes.id = tasks.code_id) AS code_paused
+         FROM tasks WHERE id = $1 FOR UPDATE OF tasks",
     )
     .bind(task_id)
     .fetch_optional(&mut **tx)
@@ -649,4 +676,398 @@ pub async fn finish_task(
         Some((status,)) => Ok((false, status)),
         None => Err(RegistryError::NotFound("task")),
     }
+}
+
+// ---- The rest of the IronWorker v2 API ----
+
+pub async fn code(pool: &PgPool, project_id: &str, code_id: &str) -> Result<pb::Code> {
+    let row: Option<CodeRow> = sqlx::query_as(&format!(
+        "{CODE_SELECT} WHERE c.project_id = $1 AND c.id = $2"
+    ))
+    .bind(project_id)
+    .bind(code_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(Into::into).ok_or(RegistryError::NotFound("code"))
+}
+
+pub async fn delete_code(pool: &PgPool, project_id: &str, code_id: &str) -> Result<()> {
+    let done = sqlx::query("DELETE FROM codes WHERE project_id = $1 AND id = $2")
+        .bind(project_id)
+        .bind(code_id)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(RegistryError::NotFound("code"));
+    }
+    Ok(())
+}
+
+const REVISION_SELECT: &str = "SELECT c.id, c.project_id, c.name, r.rev, r.created_at,
+        r.created_at AS updated_at, r.id AS history_id, r.command, r.config, r.env_vars,
+        r.max_concurrency, r.retries, r.retries_delay, r.default_priority, r.runtime, r.file_name,
+        r.checksum, p.size AS package_size
+    FROM codes c
+    JOIN code_revisions r ON r.code_id = c.id
+    LEFT JOIN packages p ON p.checksum = r.checksum";
+
+pub async fn revisions(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+    page: u32,
+    per_page: u32,
+) -> Result<Vec<pb::Code>> {
+    // Confirms the code exists in the project, so an empty list means "no revisions".
+    code(pool, project_id, code_id).await?;
+    let rows: Vec<CodeRow> = sqlx::query_as(&format!(
+        "{REVISION_SELECT} WHERE c.project_id = $1 AND c.id = $2 ORDER BY r.rev DESC
+         LIMIT $3 OFFSET $4"
+    ))
+    .bind(project_id)
+    .bind(code_id)
+    .bind(i64::from(per_page))
+    .bind(i64::from(page) * i64::from(per_page))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+pub async fn revision(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+    rev: i32,
+) -> Result<pb::Code> {
+    if rev <= 0 {
+        return code(pool, project_id, code_id).await;
+    }
+    let row: Option<CodeRow> = sqlx::query_as(&format!(
+        "{REVISION_SELECT} WHERE c.project_id = $1 AND c.id = $2 AND r.rev = $3"
+    ))
+    .bind(project_id)
+    .bind(code_id)
+    .bind(rev)
+    .fetch_optional(pool)
+    .await?;
+    row.map(Into::into)
+        .ok_or(RegistryError::NotFound("revision"))
+}
+
+pub async fn code_stats(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+) -> Result<HashMap<String, i64>> {
+    code(pool, project_id, code_id).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM tasks WHERE project_id = $1 AND code_id = $2 GROUP BY status",
+    )
+    .bind(project_id)
+    .bind(code_id)
+    .fetch_all(pool)
+    .await?;
+    let mut counts: HashMap<String, i64> = [
+        "queued",
+        "running",
+        "complete",
+        "error",
+        "cancelled",
+        "killed",
+        "timeout",
+    ]
+    .into_iter()
+    .map(|s| (s.to_string(), 0))
+    .collect();
+    for (status, n) in rows {
+        counts.insert(status, n);
+    }
+    Ok(counts)
+}
+
+pub async fn set_code_paused(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+    paused: bool,
+) -> Result<()> {
+    let done = sqlx::query("UPDATE codes SET paused = $3 WHERE project_id = $1 AND id = $2")
+        .bind(project_id)
+        .bind(code_id)
+        .bind(paused)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(RegistryError::NotFound("code"));
+    }
+    Ok(())
+}
+
+/// Cancels every queued task of a code; returns how many.
+pub async fn cancel_all(pool: &PgPool, project_id: &str, code_id: &str) -> Result<i64> {
+    code(pool, project_id, code_id).await?;
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'cancelled', msg = 'Cancelled', end_time = now(), updated_at = now()
+         WHERE project_id = $1 AND code_id = $2 AND status = 'queued'",
+    )
+    .bind(project_id)
+    .bind(code_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() as i64)
+}
+
+pub async fn list_tasks(
+    pool: &PgPool,
+    req: &pb::ListTasksRequest,
+    per_page: u32,
+) -> Result<Vec<pb::Task>> {
+    let rows: Vec<TaskRow> = sqlx::query_as(
+        "SELECT t.*, r.id AS code_history_id
+         FROM tasks t
+         LEFT JOIN code_revisions r ON r.code_id = t.code_id AND r.rev = t.code_rev
+         WHERE t.project_id = $1
+           AND ($2 = '' OR t.code_name = $2)
+           AND (cardinality($3::text[]) = 0 OR t.status = ANY($3))
+           AND ($4 = 0 OR t.created_at >= to_timestamp($4))
+           AND ($5 = 0 OR t.created_at <= to_timestamp($5))
+           AND ($6::text IS NULL OR t.label = $6)
+         ORDER BY t.created_at DESC, t.id DESC
+         LIMIT $7 OFFSET $8",
+    )
+    .bind(&req.project_id)
+    .bind(&req.code_name)
+    .bind(&req.statuses)
+    .bind(req.from_time)
+    .bind(req.to_time)
+    .bind(&req.label)
+    .bind(i64::from(per_page))
+    .bind(i64::from(req.page) * i64::from(per_page))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Cancels a task that has not finished. A queued task will never start; a running one is
+/// stopped by its runner at its next heartbeat. Returns the status after the call.
+pub async fn cancel_task(pool: &PgPool, project_id: &str, task_id: &str) -> Result<Option<String>> {
+    let updated: Option<(String,)> = sqlx::query_as(
+        "UPDATE tasks SET status = 'cancelled', msg = 'Cancelled', end_time = now(),
+            updated_at = now(), lease_expires_at = NULL
+         WHERE id = $1 AND project_id = $2 AND status IN ('queued', 'preparing', 'running')
+         RETURNING status",
+    )
+    .bind(task_id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((status,)) = updated {
+        return Ok(Some(status));
+    }
+    let current: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM tasks WHERE id = $1 AND project_id = $2")
+            .bind(task_id)
+            .bind(project_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(current.map(|c| c.0))
+}
+
+pub async fn set_progress(
+    pool: &PgPool,
+    project_id: &str,
+    task_id: &str,
+    percent: i32,
+    msg: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET percent = $3, msg = $4, updated_at = now()
+         WHERE id = $1 AND project_id = $2",
+    )
+    .bind(task_id)
+    .bind(project_id)
+    .bind(percent)
+    .bind(msg)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[derive(sqlx::FromRow)]
+struct ScheduleRow {
+    id: String,
+    project_id: String,
+    code_name: String,
+    name: String,
+    payload: Vec<u8>,
+    start_at: Option<DateTime<Utc>>,
+    end_at: Option<DateTime<Utc>>,
+    run_every: Option<i32>,
+    run_times: Option<i32>,
+    priority: i16,
+    timeout: i32,
+    delay: i32,
+    cluster: String,
+    label: Option<String>,
+    status: String,
+    msg: String,
+    run_count: i32,
+    error_count: i32,
+    last_run_time: Option<DateTime<Utc>>,
+    next_start: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<ScheduleRow> for pb::Schedule {
+    fn from(r: ScheduleRow) -> Self {
+        pb::Schedule {
+            id: r.id,
+            project_id: r.project_id,
+            spec: Some(pb::ScheduleSpec {
+                code_name: r.code_name,
+                payload: r.payload.into(),
+                name: r.name,
+                start_at: opt_ms(r.start_at),
+                end_at: opt_ms(r.end_at),
+                run_every: r.run_every.unwrap_or(0),
+                run_times: r.run_times.unwrap_or(0),
+                priority: i32::from(r.priority),
+                timeout: r.timeout,
+                delay: r.delay,
+                cluster: r.cluster,
+                label: r.label,
+            }),
+            status: r.status,
+            msg: r.msg,
+            run_count: r.run_count,
+            error_count: r.error_count,
+            last_run_time: opt_ms(r.last_run_time),
+            next_start: opt_ms(r.next_start),
+            created_at: ms(r.created_at),
+            updated_at: ms(r.updated_at),
+        }
+    }
+}
+
+fn ts(ms: i64) -> Option<DateTime<Utc>> {
+    (ms > 0)
+        .then(|| DateTime::<Utc>::from_timestamp_millis(ms))
+        .flatten()
+}
+
+pub async fn create_schedules(
+    pool: &PgPool,
+    project_id: &str,
+    specs: &[pb::ScheduleSpec],
+) -> Result<Vec<String>> {
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let id = ids::new_id();
+        sqlx::query(
+            "INSERT INTO schedules (id, project_id, code_name, name, payload, start_at, end_at,
+                run_every, run_times, priority, timeout, delay, cluster, label, next_start)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                COALESCE($6, now()))",
+        )
+        .bind(&id)
+        .bind(project_id)
+        .bind(&spec.code_name)
+        .bind(&spec.name)
+        .bind(&spec.payload[..])
+        .bind(ts(spec.start_at))
+        .bind(ts(spec.end_at))
+        .bind((spec.run_every > 0).then_some(spec.run_every))
+        .bind((spec.run_times > 0).then_some(spec.run_times))
+        .bind(spec.priority as i16)
+        .bind(spec.timeout)
+        .bind(spec.delay)
+        .bind(&spec.cluster)
+        .bind(&spec.label)
+        .execute(&mut *tx)
+        .await?;
+        ids.push(id);
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+pub async fn list_schedules(
+    pool: &PgPool,
+    project_id: &str,
+    page: u32,
+    per_page: u32,
+) -> Result<Vec<pb::Schedule>> {
+    let rows: Vec<ScheduleRow> = sqlx::query_as(
+        "SELECT * FROM schedules WHERE project_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3",
+    )
+    .bind(project_id)
+    .bind(i64::from(per_page))
+    .bind(i64::from(page) * i64::from(per_page))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+pub async fn schedule(pool: &PgPool, project_id: &str, schedule_id: &str) -> Result<pb::Schedule> {
+    let row: Option<ScheduleRow> =
+        sqlx::query_as("SELECT * FROM schedules WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(schedule_id)
+            .fetch_optional(pool)
+            .await?;
+    row.map(Into::into)
+        .ok_or(RegistryError::NotFound("schedule"))
+}
+
+pub async fn update_schedule(
+    pool: &PgPool,
+    project_id: &str,
+    schedule_id: &str,
+    spec: &pb::ScheduleSpec,
+) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE schedules SET code_name = $3, name = $4, payload = $5, start_at = $6, end_at = $7,
+            run_every = $8, run_times = $9, priority = $10, timeout = $11, delay = $12,
+            cluster = $13, label = $14, updated_at = now(),
+            next_start = CASE WHEN run_count = 0 THEN COALESCE($6, now()) ELSE next_start END
+         WHERE project_id = $1 AND id = $2",
+    )
+    .bind(project_id)
+    .bind(schedule_id)
+    .bind(&spec.code_name)
+    .bind(&spec.name)
+    .bind(&spec.payload[..])
+    .bind(ts(spec.start_at))
+    .bind(ts(spec.end_at))
+    .bind((spec.run_every > 0).then_some(spec.run_every))
+    .bind((spec.run_times > 0).then_some(spec.run_times))
+    .bind(spec.priority as i16)
+    .bind(spec.timeout)
+    .bind(spec.delay)
+    .bind(&spec.cluster)
+    .bind(&spec.label)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(RegistryError::NotFound("schedule"));
+    }
+    Ok(())
+}
+
+pub async fn cancel_schedule(pool: &PgPool, project_id: &str, schedule_id: &str) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE schedules SET status = 'cancelled', msg = 'Cancelled', next_start = NULL,
+            updated_at = now()
+         WHERE project_id = $1 AND id = $2",
+    )
+    .bind(project_id)
+    .bind(schedule_id)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(RegistryError::NotFound("schedule"));
+    }
+    Ok(())
 }

@@ -28,6 +28,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 struct Runner {
     registry: RegistryClient<Channel>,
+    /// Stop tokens of the tasks running here, by task id, for cancel announcements.
+    running: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
     packages: package::PackageCache,
     executor: ProcessExecutor,
     runner_id: String,
@@ -80,9 +82,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tasks_dir: config.dir.join("tasks"),
         },
         registry,
+        running: Default::default(),
         runner_id,
         lease,
     });
+    let cancels = nats
+        .subscribe(layout.all_cancels())
+        .await
+        .context("subscribing to cancel announcements")?;
+    let listener = tokio::spawn(listen_for_cancels(runner.clone(), cancels));
     tracing::info!(runner_id = %runner.runner_id, concurrency = config.concurrency, "runner pulling");
 
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -100,8 +108,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
+    listener.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), nats.drain()).await;
     Ok(())
+}
+
+/// Stops a task running here as soon as the registry announces its cancellation.
+async fn listen_for_cancels(runner: Arc<Runner>, mut cancels: async_nats::Subscriber) {
+    while let Some(message) = cancels.next().await {
+        let Some(task_id) = message.subject.rsplit('.').next() else {
+            continue;
+        };
+        let stop = runner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_id)
+            .cloned();
+        if let Some(stop) = stop {
+            tracing::info!(%task_id, "cancelled; stopping the worker");
+            stop.cancel();
+        }
+    }
 }
 
 fn rand_u32() -> u32 {
@@ -190,6 +218,9 @@ fn envelope_to_pb(e: &Envelope) -> pb::Envelope {
         cluster: e.cluster.clone(),
         received_at: e.received_at,
         source: e.source.as_str().to_string(),
+        retry_of: e.retry_of.clone(),
+        retry_count: e.retry_count as i32,
+        schedule_id: e.schedule_id.clone(),
     }
 }
 
@@ -247,6 +278,10 @@ impl Runner {
         // Keep both leases alive while the task is ours: the message's (ack progress) and the
         // registry's (heartbeat). A refused heartbeat means the task is no longer ours.
         let stop = abandon.child_token();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task_id.clone(), stop.clone());
         let keeper = tokio::spawn(keep_lease(
             self.registry.clone(),
             message.clone(),
@@ -259,6 +294,10 @@ impl Runner {
         let outcome = self
             .execute(&envelope, run, message.payload.clone(), stop.clone())
             .await;
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task_id);
         let abandoned = abandon.is_cancelled();
         let lost = stop.is_cancelled() && !abandoned;
         let (status, msg, error_class) = match &outcome {

@@ -2,4 +2,5 @@
 
 mod api;
 mod broker;
+mod routes;
 mod worker;
