@@ -269,6 +269,58 @@ impl Drop for Service {
     }
 }
 
+/// A runner in a runtime of its own, so that killing it ends everything it runs (its tasks, its
+/// NATS connection, its workers' processes) the way `kill -9` ends a process.
+struct IsolatedService {
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IsolatedService {
+    fn spawn<F>(make: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let stop = CancellationToken::new();
+        let handle = runtime.spawn(make(stop.clone()));
+        IsolatedService {
+            stop,
+            handle: Some(handle),
+            runtime: Some(runtime),
+        }
+    }
+
+    async fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let result = match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        };
+        self.kill();
+        result
+    }
+
+    fn kill(&mut self) {
+        self.handle.take();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for IsolatedService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.kill();
+    }
+}
+
 /// How a test wants its stack.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -314,7 +366,7 @@ pub struct Stack {
     pub options: StackOptions,
     registry: Service,
     ingress: Service,
-    runners: Vec<Service>,
+    runners: Vec<IsolatedService>,
     runner_dir: tempfile::TempDir,
 }
 
@@ -402,14 +454,15 @@ impl Stack {
     pub fn add_runner(&mut self) -> usize {
         let n = self.runners.len();
         let config = self.runner_config(n);
-        self.runners
-            .push(Service::spawn(|stop| workhook_runner::run(config, stop)));
+        self.runners.push(IsolatedService::spawn(|stop| {
+            workhook_runner::run(config, stop)
+        }));
         n
     }
 
     /// Ends runner `n` abruptly, as `kill -9` would.
     pub fn kill_runner(&mut self, n: usize) {
-        self.runners[n].abort();
+        self.runners[n].kill();
     }
 
     /// Stops runner `n` gracefully and returns how its `run` ended.

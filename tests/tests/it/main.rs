@@ -2,5 +2,6 @@
 
 mod api;
 mod broker;
+mod lease;
 mod routes;
 mod worker;
