@@ -6,6 +6,7 @@
 mod config;
 mod error;
 mod recorder;
+mod scheduler;
 mod service;
 mod store;
 
@@ -66,6 +67,13 @@ pub async fn run(
         recorder_stop.clone(),
     ));
 
+    let scheduler_task = tokio::spawn(scheduler::run(
+        pool.clone(),
+        js.clone(),
+        layout.clone(),
+        recorder_stop.clone(),
+    ));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RegistryServer<service::RegistryService>>()
@@ -102,6 +110,7 @@ pub async fn run(
         .await;
     recorder_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), recorder_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), scheduler_task).await;
     let _ = nats.drain().await;
     pool.close().await;
     served.context("serving gRPC")

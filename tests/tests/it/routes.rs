@@ -351,3 +351,43 @@ async fn schedules_are_created_listed_updated_and_cancelled() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_schedule_queues_one_task_that_carries_its_id() {
+    let stack = Stack::start().await;
+    let p = stack.create_project("scheduled").await;
+    stack.upload_script(&p, "w", r#"cat "$PAYLOAD_FILE""#).await;
+    let start_at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let r = post_json(
+        &stack,
+        &p,
+        "/schedules",
+        json!({"schedules": [{"code_name": "w", "payload": "tick", "start_at": start_at}]}),
+    )
+    .await;
+    let id = json_of(r, 200).await["schedules"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = std::time::Instant::now() + WITHIN;
+    let schedule = loop {
+        let s = json_of(stack.get(&p, &format!("/schedules/{id}")).await, 200).await;
+        if s["status"] == "complete" {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the schedule never ran: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(schedule["run_count"], 1);
+    assert_eq!(schedule["msg"], "Ran max times.");
+    let tasks = json_of(stack.get(&p, "/tasks").await, 200).await;
+    let tasks = tasks["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "exactly one task: {tasks:?}");
+    assert_eq!(tasks[0]["schedule_id"], id.as_str());
+    let task_id = tasks[0]["id"].as_str().unwrap();
+    stack.wait_done(&p, task_id, WITHIN).await;
+    assert_eq!(&stack.log(&p, task_id).await[..], b"tick");
+}
