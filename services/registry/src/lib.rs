@@ -86,6 +86,7 @@ pub async fn run(
         stream,
         recorder: consumer,
         nats: nats.clone(),
+        js: js.clone(),
         layout: layout.clone(),
     };
     tracing::info!(addr = %listener.local_addr()?, stream = layout.stream(), "registry listening");

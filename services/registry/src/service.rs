@@ -32,6 +32,7 @@ pub struct RegistryService {
     pub stream: JsStream,
     pub recorder: PullConsumer,
     pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
     pub layout: workhook_core::stream::Layout,
 }
 
@@ -99,6 +100,30 @@ impl RegistryService {
         {
             tracing::warn!(error = %e, "cannot read the recorder's progress");
         }
+    }
+
+    /// Publishes a task the registry queues itself (a retry), waiting for the PubAck.
+    async fn publish(
+        &self,
+        envelope: &workhook_core::Envelope,
+        payload: Vec<u8>,
+    ) -> Result<(), Status> {
+        let subject =
+            self.layout
+                .task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(envelope.to_headers())
+            .message_id(envelope.task_id.as_str());
+        let acked = async {
+            self.js.send_publish(subject, message).await?.await?;
+            Ok::<_, async_nats::Error>(())
+        }
+        .await;
+        acked.map_err(|e| {
+            tracing::warn!(task_id = %envelope.task_id, error = %e, "publishing a retry failed");
+            Status::unavailable("the queue is unavailable")
+        })
     }
 
     /// Tells the runners that a task was cancelled, so the one running it stops it now rather
@@ -525,7 +550,7 @@ impl Registry for RegistryService {
         req: Request<pb::FinishTaskRequest>,
     ) -> Result<Response<pb::FinishTaskResponse>, Status> {
         let req = req.into_inner();
-        let (recorded, status) = store::finish_task(
+        let finished = store::finish_task(
             &self.pool,
             &req.task_id,
             req.attempt,
@@ -534,6 +559,12 @@ impl Registry for RegistryService {
             &req.error_class,
         )
         .await?;
+        if let Some((retry, payload)) = &finished.retry {
+            // Durable before the status is: if this fails, the runner reports again.
+            self.publish(retry, payload.clone()).await?;
+        }
+        let (recorded, status) = (finished.recorded, finished.status.clone());
+        finished.commit().await?;
         Ok(Response::new(pb::FinishTaskResponse { recorded, status }))
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
-use workhook_core::ids;
+use workhook_core::{ids, Envelope, Source};
 use workhook_proto as pb;
 
 use crate::error::{RegistryError, Result};
@@ -406,14 +406,17 @@ struct StartRow {
     code_paused: Option<bool>,
 }
 
-/// command, config, env_vars, checksum of one code revision.
+/// command, config, env_vars, checksum of one code revision, and its code's max_concurrency.
 type RevisionRow = (
     String,
     Option<String>,
     sqlx::types::Json<HashMap<String, String>>,
     Option<String>,
+    Option<i32>,
 );
 
+/// How soon a task held back by its code's max_concurrency is offered again.
+const CONCURRENCY_RECHECK_MS: i64 = 250;
 /// How often a task of a paused code is offered again.
 const PAUSED_RECHECK_MS: i64 = 2_000;
 
@@ -476,14 +479,18 @@ pub async fn start_task(
         });
     }
     let revision: Option<RevisionRow> = sqlx::query_as(
-        "SELECT command, config, env_vars, checksum FROM code_revisions
-             WHERE code_id = $1 AND rev = $2",
+        "SELECT r.command, r.config, r.env_vars, r.checksum,
+            (SELECT latest.max_concurrency FROM codes c
+              JOIN code_revisions latest ON latest.code_id = c.id AND latest.rev = c.rev
+              WHERE c.id = r.code_id) AS max_concurrency
+         FROM code_revisions r
+         WHERE r.code_id = $1 AND r.rev = $2",
     )
     .bind(&row.code_id)
     .bind(row.code_rev)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((command, config, env_vars, checksum)) = revision else {
+    let Some((command, config, env_vars, checksum, max_concurrency)) = revision else {
         sqlx::query(
             "UPDATE tasks SET status = 'error', msg = 'The code revision no longer exists.',
                 error_class = 'Code Not Found', end_time = now(), updated_at = now()
@@ -495,6 +502,27 @@ pub async fn start_task(
         tx.commit().await?;
         return Ok(Start::Skip("error".into()));
     };
+    if let Some(max) = max_concurrency.filter(|m| *m > 0) {
+        // The code's row lock serializes the starts of its tasks across runners, so the count
+        // below cannot be raced past the limit.
+        sqlx::query("SELECT 1 FROM codes WHERE id = $1 FOR UPDATE")
+            .bind(&row.code_id)
+            .execute(&mut *tx)
+            .await?;
+        let (running,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM tasks
+             WHERE code_id = $1 AND status = 'running' AND lease_expires_at > now()",
+        )
+        .bind(&row.code_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if running >= i64::from(max) {
+            return Ok(Start::Defer {
+                after_ms: CONCURRENCY_RECHECK_MS,
+                reason: "the code's max_concurrency is reached".into(),
+            });
+        }
+    }
     let (attempt,): (i32,) = sqlx::query_as(
         "UPDATE tasks SET status = 'running', attempt = attempt + 1, runner_id = $2,
             lease_expires_at = now() + $3 * interval '1 millisecond',
@@ -638,42 +666,119 @@ pub const FINAL_STATUSES: [&str; 5] = ["complete", "error", "timeout", "cancelle
 
 /// Records the final status of an attempt, only if that attempt still holds the task. Returns
 /// whether it was recorded and the task's status afterwards.
-pub async fn finish_task(
-    pool: &PgPool,
+#[derive(sqlx::FromRow)]
+struct FinishedRow {
+    project_id: String,
+    code_id: String,
+    code_name: String,
+    code_rev: i32,
+    priority: i16,
+    timeout: i32,
+    label: Option<String>,
+    cluster: String,
+    retry_count: i32,
+    payload: Vec<u8>,
+    schedule_id: Option<String>,
+    retries: Option<i32>,
+    retries_delay: Option<i32>,
+}
+
+/// A recorded final status, not yet committed: when the code asks for retries, the retry must
+/// be published (durably) before the commit.
+pub struct Finished<'c> {
+    pub recorded: bool,
+    pub status: String,
+    /// The task that retries this one, with its payload, to publish before `commit`.
+    pub retry: Option<(Envelope, Vec<u8>)>,
+    tx: Option<Transaction<'c, Postgres>>,
+}
+
+impl Finished<'_> {
+    pub async fn commit(self) -> Result<()> {
+        if let Some(tx) = self.tx {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Records the final status of an attempt, only if that attempt still holds the task. A failed
+/// or timed-out task whose code has retries left gets its retry planned: a new task whose id is
+/// derived from this one, so publishing it twice queues it once.
+pub async fn finish_task<'c>(
+    pool: &'c PgPool,
     task_id: &str,
     attempt: i32,
     status: &str,
     msg: &str,
     error_class: &str,
-) -> Result<(bool, String)> {
+) -> Result<Finished<'c>> {
     if !FINAL_STATUSES.contains(&status) {
         return Err(RegistryError::InvalidArgument(format!(
             "{status:?} is not a final status"
         )));
     }
-    let updated: Option<(String,)> = sqlx::query_as(
-        "UPDATE tasks SET status = $3, msg = $4, error_class = $5, end_time = now(),
+    let mut tx = pool.begin().await?;
+    let updated: Option<FinishedRow> = sqlx::query_as(
+        "UPDATE tasks t SET status = $3, msg = $4, error_class = $5, end_time = now(),
             updated_at = now(), lease_expires_at = NULL,
             percent = CASE WHEN $3 = 'complete' THEN 100 ELSE percent END
          WHERE id = $1 AND attempt = $2 AND status = 'running'
-         RETURNING status",
+         RETURNING t.project_id, t.code_id, t.code_name, t.code_rev, t.priority, t.timeout,
+            t.label, t.cluster, t.retry_count, t.payload, t.schedule_id,
+            (SELECT r.retries FROM code_revisions r
+              WHERE r.code_id = t.code_id AND r.rev = t.code_rev) AS retries,
+            (SELECT r.retries_delay FROM code_revisions r
+              WHERE r.code_id = t.code_id AND r.rev = t.code_rev) AS retries_delay",
     )
     .bind(task_id)
     .bind(attempt)
     .bind(status)
     .bind(msg)
     .bind(error_class)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    if let Some((status,)) = updated {
-        return Ok((true, status));
+    if let Some(row) = updated {
+        let retry = (matches!(status, "error" | "timeout")
+            && row.retries.unwrap_or(0) > row.retry_count)
+            .then(|| {
+                let envelope = Envelope {
+                    task_id: ids::id_for_key(&format!("retry/{task_id}")),
+                    project_id: row.project_id,
+                    code_id: row.code_id,
+                    code_name: row.code_name,
+                    code_rev: row.code_rev,
+                    priority: row.priority.clamp(0, 2) as u8,
+                    timeout: row.timeout.max(1) as u32,
+                    delay: row.retries_delay.unwrap_or(0).max(0) as u32,
+                    label: row.label,
+                    cluster: row.cluster,
+                    received_at: Utc::now().timestamp_millis(),
+                    source: Source::Retry,
+                    retry_of: Some(task_id.to_string()),
+                    retry_count: (row.retry_count + 1) as u32,
+                    schedule_id: row.schedule_id,
+                };
+                (envelope, row.payload)
+            });
+        return Ok(Finished {
+            recorded: true,
+            status: status.to_string(),
+            retry,
+            tx: Some(tx),
+        });
     }
     let current: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = $1")
         .bind(task_id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?;
     match current {
-        Some((status,)) => Ok((false, status)),
+        Some((status,)) => Ok(Finished {
+            recorded: false,
+            status,
+            retry: None,
+            tx: None,
+        }),
         None => Err(RegistryError::NotFound("task")),
     }
 }

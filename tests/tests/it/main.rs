@@ -3,5 +3,6 @@
 mod api;
 mod broker;
 mod lease;
+mod lifecycle;
 mod routes;
 mod worker;

@@ -1,0 +1,268 @@
+//! The task lifecycle: concurrency limits across runners, automatic retries, log caps, and
+//! transitions guarded by (task, attempt).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use workhook_proto as pb;
+use workhook_tests::{Stack, StackOptions};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_holds_across_runners_without_blocking_other_codes() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 2,
+        concurrency: 4,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("limits").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("intervals");
+    // Each run records its start and end (ms); the limit is 2 at a time.
+    let script = r#"f="$(cat "$PAYLOAD_FILE")"; s=$(date +%s%3N); sleep 0.4; echo "$s $(date +%s%3N)" >> "$f""#;
+    stack
+        .upload_code(
+            &p,
+            json!({"name": "limited", "command": "sh run.sh", "max_concurrency": 2}),
+            &[("run.sh", script, 0o644)],
+        )
+        .await;
+    stack.upload_script(&p, "free", "echo free").await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(
+            stack
+                .queue(
+                    &p,
+                    json!({"code_name": "limited", "payload": log.to_str().unwrap()}),
+                )
+                .await,
+        );
+    }
+    // Another code's task is not held up behind the limited backlog.
+    let free = stack.queue(&p, json!({"code_name": "free"})).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        stack.wait_done(&p, &free, WITHIN).await["status"],
+        "complete"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for id in &ids {
+        assert_eq!(stack.wait_done(&p, id, WITHIN).await["status"], "complete");
+    }
+    let intervals: Vec<(i64, i64)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut it = l.split_whitespace().map(|n| n.parse::<i64>().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        })
+        .collect();
+    assert_eq!(intervals.len(), 8);
+    let mut most = 0;
+    for &(s, _) in &intervals {
+        let overlapping = intervals.iter().filter(|&&(a, b)| a <= s && s < b).count();
+        most = most.max(overlapping);
+    }
+    assert!(most <= 2, "{most} ran at once: {intervals:?}");
+    assert_eq!(most, 2, "the limit is 2, not 1: {intervals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_is_retried_as_new_tasks_up_to_the_codes_retries() {
+    let stack = Stack::start().await;
+    let p = stack.create_project("retries").await;
+    stack
+        .upload_code(
+            &p,
+            json!({"name": "flaky", "command": "sh run.sh", "retries": 2, "retries_delay": 1}),
+            &[("run.sh", "echo attempt >&2; exit 1", 0o644)],
+        )
+        .await;
+    let first = stack
+        .queue(&p, json!({"code_name": "flaky", "payload": "p"}))
+        .await;
+    assert_eq!(stack.wait_done(&p, &first, WITHIN).await["status"], "error");
+    let until = std::time::Instant::now() + WITHIN;
+    let tasks = loop {
+        let r = stack.get(&p, "/tasks?code_name=flaky").await;
+        let body: Value = r.json().await.unwrap();
+        let tasks = body["tasks"].as_array().unwrap().clone();
+        let done = tasks.iter().all(|t| t["status"] == "error");
+        if tasks.len() == 3 && done {
+            break tasks;
+        }
+        assert!(std::time::Instant::now() < until, "{tasks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Newest first: the second retry links to the first, which links to the original.
+    assert_eq!(tasks[2]["id"], first.as_str());
+    assert_eq!(tasks[1]["retry_of"], first.as_str());
+    assert_eq!(tasks[1]["retry_count"], 1);
+    assert_eq!(tasks[0]["retry_of"], tasks[1]["id"]);
+    assert_eq!(tasks[0]["retry_count"], 2);
+    assert_eq!(tasks[0]["payload"], "p");
+    // retries_delay: each retry starts at least a second after the task it retries ended.
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(
+        time(&tasks[1]["start_time"]) - time(&tasks[2]["end_time"])
+            >= chrono::Duration::milliseconds(900)
+    );
+    // No third retry appears.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body: Value = stack
+        .get(&p, "/tasks?code_name=flaky")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_prints_too_much_gets_a_capped_marked_log() {
+    let stack = Stack::start_with(StackOptions {
+        log_max_bytes: 256 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("loud").await;
+    // About 20 MiB of output; the worker must not block and the log must stop at the cap.
+    stack
+        .upload_script(
+            &p,
+            "loud",
+            "yes 0123456789abcdef0123456789abcdef | head -c 20000000; echo done >&2",
+        )
+        .await;
+    let id = stack.queue(&p, json!({"code_name": "loud"})).await;
+    let task = stack.wait_done(&p, &id, WITHIN).await;
+    assert_eq!(task["status"], "complete", "{task}");
+    assert_eq!(task["log_size"], 256 * 1024);
+    let log = stack.log(&p, &id).await;
+    let mark = format!("\n[workhook: log truncated at {} bytes]\n", 256 * 1024);
+    assert_eq!(log.len(), 256 * 1024 + mark.len());
+    assert!(log.ends_with(mark.as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_never_reruns() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("guards").await;
+    stack.upload_script(&p, "w", "true").await;
+    let id = stack
+        .queue(&p, json!({"code_name": "w", "payload": "x"}))
+        .await;
+    let task = stack.task(&p, &id).await;
+    let envelope = pb::Envelope {
+        task_id: id.clone(),
+        project_id: p.id.clone(),
+        code_id: task["code_id"].as_str().unwrap().into(),
+        code_name: "w".into(),
+        code_rev: 1,
+        priority: 0,
+        timeout: 60,
+        delay: 0,
+        label: None,
+        cluster: "default".into(),
+        received_at: 0,
+        source: "api".into(),
+        retry_of: None,
+        retry_count: 0,
+        schedule_id: None,
+    };
+    let mut registry = stack.registry().await;
+    let start = |runner: &str, lease_ms: i64| pb::StartTaskRequest {
+        envelope: Some(envelope.clone()),
+        runner_id: runner.into(),
+        lease_ms,
+        payload: None,
+    };
+    let decision = |r: pb::StartTaskResponse| r.decision.unwrap();
+    use pb::start_task_response::Decision;
+
+    let Decision::Run(first) = decision(
+        registry
+            .start_task(start("a", 1_000))
+            .await
+            .unwrap()
+            .into_inner(),
+    ) else {
+        panic!("the first start runs");
+    };
+    assert_eq!(first.attempt, 1);
+    // While a's lease lives, b is told to wait.
+    let Decision::Defer(_) = decision(
+        registry
+            .start_task(start("b", 1_000))
+            .await
+            .unwrap()
+            .into_inner(),
+    ) else {
+        panic!("a live lease defers");
+    };
+    // a stalls past its lease; b takes over.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let Decision::Run(second) = decision(
+        registry
+            .start_task(start("b", 30_000))
+            .await
+            .unwrap()
+            .into_inner(),
+    ) else {
+        panic!("a lapsed lease is taken over");
+    };
+    assert_eq!(second.attempt, 2);
+    let beat = registry
+        .heartbeat(pb::HeartbeatRequest {
+            task_id: id.clone(),
+            attempt: 1,
+            lease_ms: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!beat.keep_running, "the lost attempt is told to stop");
+    let finish = |attempt: i32, status: &str| pb::FinishTaskRequest {
+        task_id: id.clone(),
+        attempt,
+        status: status.into(),
+        msg: String::new(),
+        error_class: String::new(),
+    };
+    let done = registry
+        .finish_task(finish(2, "complete"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.recorded);
+    let late = registry
+        .finish_task(finish(1, "error"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!late.recorded);
+    assert_eq!(late.status, "complete");
+    assert_eq!(stack.task(&p, &id).await["status"], "complete");
+    // A redelivery of the finished task is skipped.
+    let Decision::Skip(skip) = decision(
+        registry
+            .start_task(start("c", 1_000))
+            .await
+            .unwrap()
+            .into_inner(),
+    ) else {
+        panic!("a finished task is never run again");
+    };
+    assert_eq!(skip.reason, "complete");
+}
