@@ -445,6 +445,7 @@ impl Stack {
             concurrency: self.options.concurrency,
             dir: self.runner_dir.path().join(format!("runner-{n}")),
             runner_id: Some(format!("runner-{n}")),
+            api_url: Some(self.http.clone()),
             lease_secs: self.options.lease_secs,
             drain_secs: 5,
         }

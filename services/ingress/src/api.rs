@@ -657,7 +657,8 @@ pub async fn set_progress(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    app.authorize(&project_id, &headers, None).await?;
+    app.authorize_for_task(&project_id, &task_id, &headers)
+        .await?;
     require_json(&headers)?;
     let body = read_body(&headers, body, app.max_body_bytes).await?;
     let progress: ProgressRequest = serde_json::from_slice(&body)

@@ -98,10 +98,36 @@ impl AppState {
             .authenticate(pb::AuthenticateRequest {
                 project_id: project_id.to_string(),
                 token: token.to_string(),
+                task_id: None,
             })
             .await
             .map_err(|s| ApiError::from_registry(s, "project"))?;
         self.tokens.insert(key, ());
+        Ok(())
+    }
+
+    /// Like `authorize`, but also accepts the token scoped to `task_id` that its worker got
+    /// (not cached: progress calls are rare, and the token dies with the attempt).
+    pub async fn authorize_for_task(
+        &self,
+        project_id: &str,
+        task_id: &str,
+        headers: &HeaderMap,
+    ) -> ApiResult<()> {
+        match self.authorize(project_id, headers, None).await {
+            Err(ApiError::Unauthorized) => {}
+            other => return other,
+        }
+        let token = token_from(headers).ok_or(ApiError::Unauthorized)?;
+        self.registry
+            .clone()
+            .authenticate(pb::AuthenticateRequest {
+                project_id: project_id.to_string(),
+                token: token.to_string(),
+                task_id: Some(task_id.to_string()),
+            })
+            .await
+            .map_err(|s| ApiError::from_registry(s, "project"))?;
         Ok(())
     }
 

@@ -179,13 +179,18 @@ impl Registry for RegistryService {
         req: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let req = req.into_inner();
-        if ids::is_id(&req.project_id)
-            && store::authenticate(&self.pool, &req.project_id, &req.token).await?
-        {
-            Ok(Response::new(pb::AuthenticateResponse {}))
-        } else {
-            Err(RegistryError::Unauthenticated.into())
+        if !ids::is_id(&req.project_id) {
+            return Err(RegistryError::Unauthenticated.into());
         }
+        if store::authenticate(&self.pool, &req.project_id, &req.token).await? {
+            return Ok(Response::new(pb::AuthenticateResponse {}));
+        }
+        if let Some(task_id) = req.task_id.as_deref().filter(|t| ids::is_id(t)) {
+            if store::authenticate_task(&self.pool, &req.project_id, task_id, &req.token).await? {
+                return Ok(Response::new(pb::AuthenticateResponse {}));
+            }
+        }
+        Err(RegistryError::Unauthenticated.into())
     }
 
     async fn upload_code(

@@ -41,6 +41,25 @@ pub async fn create_project(pool: &PgPool, name: &str) -> Result<pb::CreateProje
     })
 }
 
+/// Whether `token` is the token scoped to `task_id` (handed to its worker).
+pub async fn authenticate_task(
+    pool: &PgPool,
+    project_id: &str,
+    task_id: &str,
+    token: &str,
+) -> Result<bool> {
+    let hash = workhook_core::token::hash_token(token);
+    let found: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM tasks WHERE id = $1 AND project_id = $2 AND task_token_hash = $3",
+    )
+    .bind(task_id)
+    .bind(project_id)
+    .bind(&hash[..])
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Whether `token` grants access to `project_id`.
 pub async fn authenticate(pool: &PgPool, project_id: &str, token: &str) -> Result<bool> {
     let hash = workhook_core::token::hash_token(token);
@@ -523,16 +542,19 @@ pub async fn start_task(
             });
         }
     }
+    let task_token = workhook_core::token::new_token();
     let (attempt,): (i32,) = sqlx::query_as(
         "UPDATE tasks SET status = 'running', attempt = attempt + 1, runner_id = $2,
             lease_expires_at = now() + $3 * interval '1 millisecond',
-            start_time = now(), updated_at = now(), msg = '', error_class = ''
+            start_time = now(), updated_at = now(), msg = '', error_class = '',
+            task_token_hash = $4
          WHERE id = $1
          RETURNING attempt",
     )
     .bind(&envelope.task_id)
     .bind(runner_id)
     .bind(lease_ms as f64)
+    .bind(&workhook_core::token::hash_token(&task_token)[..])
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -543,6 +565,7 @@ pub async fn start_task(
         env_vars: env_vars.0,
         checksum: checksum.unwrap_or_default(),
         timeout: row.timeout,
+        task_token,
     }))
 }
 

@@ -28,6 +28,11 @@ pub struct Config {
     )]
     pub registry_url: String,
 
+    /// The API's URL as workers reach it; given to each worker as WORKHOOK_API_URL with a token
+    /// scoped to its task (WORKHOOK_TASK_TOKEN), so it can report progress.
+    #[arg(long, env = "WORKHOOK_API_URL")]
+    pub api_url: Option<String>,
+
     /// Tasks this runner runs at once.
     #[arg(long, env = "WORKHOOK_RUNNER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,

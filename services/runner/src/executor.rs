@@ -27,6 +27,8 @@ pub struct Job {
     pub timeout: Duration,
     /// The unpacked code package, if the code has one.
     pub package: Option<PathBuf>,
+    /// Further variables for the worker (the API URL and the task's own token).
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 /// How an attempt ended.
@@ -149,6 +151,7 @@ impl ProcessExecutor {
             .env("CONFIG_FILE", &config_file)
             .env("TASK_ID", &job.task_id)
             .env("TASK_DIR", &work)
+            .envs(job.extra_env.iter().map(|(k, v)| (*k, v)))
             .envs(&job.env_vars)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

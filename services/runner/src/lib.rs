@@ -34,6 +34,7 @@ struct Runner {
     executor: ProcessExecutor,
     runner_id: String,
     lease: Duration,
+    api_url: Option<String>,
 }
 
 /// Runs the runner until `shutdown` is cancelled; then it stops pulling, gives running tasks
@@ -85,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         running: Default::default(),
         runner_id,
         lease,
+        api_url: config.api_url.clone(),
     });
     let cancels = nats
         .subscribe(layout.all_cancels())
@@ -388,6 +390,13 @@ impl Runner {
             }
             .run(rx),
         );
+        let mut extra_env = vec![
+            ("WORKHOOK_PROJECT_ID", envelope.project_id.clone()),
+            ("WORKHOOK_TASK_TOKEN", run.task_token.clone()),
+        ];
+        if let Some(url) = &self.api_url {
+            extra_env.push(("WORKHOOK_API_URL", url.trim_end_matches('/').to_string()));
+        }
         let job = Job {
             task_id: envelope.task_id.clone(),
             attempt: run.attempt,
@@ -397,6 +406,7 @@ impl Runner {
             payload,
             timeout: Duration::from_secs(u64::from(run.timeout.max(1) as u32)),
             package,
+            extra_env,
         };
         let outcome = self.executor.run(job, tx, stop).await;
         let _ = shipper.await;

@@ -266,3 +266,53 @@ async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_
     };
     assert_eq!(skip.reason, "complete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reports_progress_with_a_token_scoped_to_its_task() {
+    let stack = Stack::start().await;
+    let p = stack.create_project("progress").await;
+    let other = stack.create_project("other").await;
+    stack.upload_script(&other, "w", "true").await;
+    let foreign = stack.queue(&other, json!({"code_name": "w"})).await;
+    // The worker calls the API with what its environment holds; its token reaches nothing else.
+    let script = r#"
+api="$WORKHOOK_API_URL/2/projects/$WORKHOOK_PROJECT_ID/tasks"
+auth="Authorization: OAuth $WORKHOOK_TASK_TOKEN"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "$auth" -H 'Content-Type: application/json' \
+  -d '{"percent":50,"msg":"half way"}' "$api/$TASK_ID/progress")
+echo "progress $code"
+echo "read $(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "$api/$TASK_ID")"
+echo "list $(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "$api")"
+set -- $(cat "$PAYLOAD_FILE")
+echo "foreign $(curl -s -o /dev/null -w '%{http_code}' -X POST -H "$auth" -H 'Content-Type: application/json' \
+  -d '{"percent":1}' "$WORKHOOK_API_URL/2/projects/$1/tasks/$2/progress")"
+sleep 2
+"#;
+    stack.upload_script(&p, "reporter", script).await;
+    let id = stack
+        .queue(
+            &p,
+            json!({"code_name": "reporter", "payload": format!("{} {foreign}", other.id)}),
+        )
+        .await;
+    let until = std::time::Instant::now() + WITHIN;
+    loop {
+        let task = stack.task(&p, &id).await;
+        if task["percent"] == 50 {
+            assert_eq!(task["msg"], "half way");
+            assert_eq!(task["status"], "running");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no progress: {task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let task = stack.wait_done(&p, &id, WITHIN).await;
+    assert_eq!(task["status"], "complete");
+    assert_eq!(task["percent"], 100);
+    let log = String::from_utf8(stack.log(&p, &id).await.to_vec()).unwrap();
+    assert_eq!(log, "progress 200\nread 401\nlist 401\nforeign 401\n");
+    assert_eq!(
+        stack.wait_done(&other, &foreign, WITHIN).await["percent"],
+        100
+    );
+}
