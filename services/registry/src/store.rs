@@ -288,7 +288,7 @@ impl From<TaskRow> for pb::Task {
 
 pub async fn task(pool: &PgPool, project_id: &str, task_id: &str) -> Result<Option<pb::Task>> {
     let row: Option<TaskRow> = sqlx::query_as(
-        "SELECT t.*, r.id AS code_history_id
+        "SELECT t.*, COALESCE(r.id, t.code_id) AS code_history_id
          FROM tasks t
          LEFT JOIN code_revisions r ON r.code_id = t.code_id AND r.rev = t.code_rev
          WHERE t.id = $1 AND t.project_id = $2",
@@ -951,7 +951,7 @@ pub async fn list_tasks(
     per_page: u32,
 ) -> Result<Vec<pb::Task>> {
     let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT t.*, r.id AS code_history_id
+        "SELECT t.*, COALESCE(r.id, t.code_id) AS code_history_id
          FROM tasks t
          LEFT JOIN code_revisions r ON r.code_id = t.code_id AND r.rev = t.code_rev
          WHERE t.project_id = $1

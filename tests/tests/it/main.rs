@@ -2,6 +2,7 @@
 
 mod api;
 mod broker;
+mod compat;
 mod lease;
 mod lifecycle;
 mod routes;
