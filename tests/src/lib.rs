@@ -330,6 +330,7 @@ pub struct StackOptions {
     pub log_max_bytes: i64,
     pub publish_timeout_ms: u64,
     pub max_body_bytes: usize,
+    pub duplicate_window_secs: u64,
 }
 
 impl Default for StackOptions {
@@ -341,6 +342,7 @@ impl Default for StackOptions {
             log_max_bytes: 8 * 1024 * 1024,
             publish_timeout_ms: 2_000,
             max_body_bytes: 960 * 1024,
+            duplicate_window_secs: 120,
         }
     }
 }
@@ -388,6 +390,7 @@ impl Stack {
             nats_url: nats.url(),
             nats_prefix: prefix.clone(),
             nats_replicas: 1,
+            duplicate_window_secs: options.duplicate_window_secs,
             grpc_addr: grpc_listener.local_addr().unwrap(),
             admin_token: Some(admin_token.clone()),
             log_max_bytes: options.log_max_bytes,
@@ -405,6 +408,7 @@ impl Stack {
             nats_url: nats.url(),
             nats_prefix: prefix.clone(),
             nats_replicas: 1,
+            duplicate_window_secs: options.duplicate_window_secs,
             registry_url: grpc.clone(),
             publish_timeout_ms: options.publish_timeout_ms,
             max_body_bytes: options.max_body_bytes,
@@ -441,6 +445,7 @@ impl Stack {
             nats_url: self.nats.url(),
             nats_prefix: self.prefix.clone(),
             nats_replicas: 1,
+            duplicate_window_secs: self.options.duplicate_window_secs,
             registry_url: self.grpc.clone(),
             concurrency: self.options.concurrency,
             dir: self.runner_dir.path().join(format!("runner-{n}")),

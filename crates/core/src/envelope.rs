@@ -22,6 +22,9 @@ pub const SOURCE: &str = "Workhook-Source";
 pub const RETRY_OF: &str = "Workhook-Retry-Of";
 pub const RETRY_COUNT: &str = "Workhook-Retry-Count";
 pub const SCHEDULE_ID: &str = "Workhook-Schedule-Id";
+pub const VERIFIED_BY: &str = "Workhook-Verified-By";
+/// The webhook request's method, query, content type and headers, as JSON, for the worker.
+pub const REQUEST: &str = "Workhook-Request";
 
 /// Free-text values (names, labels) are percent-encoded so that no byte can break a header.
 const FREE_TEXT: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
@@ -81,6 +84,10 @@ pub struct Envelope {
     pub retry_count: u32,
     /// The schedule that queued this task.
     pub schedule_id: Option<String>,
+    /// The signature scheme that verified the webhook.
+    pub verified_by: Option<String>,
+    /// What the worker sees of the webhook request (JSON), besides its body.
+    pub request: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,6 +126,12 @@ impl Envelope {
         }
         if let Some(id) = &self.schedule_id {
             h.insert(SCHEDULE_ID, id.as_str());
+        }
+        if let Some(scheme) = &self.verified_by {
+            h.insert(VERIFIED_BY, encode(scheme).as_str());
+        }
+        if let Some(request) = &self.request {
+            h.insert(REQUEST, encode(request).as_str());
         }
         h
     }
@@ -174,6 +187,14 @@ impl Envelope {
                 Some(_) => Some(id(SCHEDULE_ID)?),
                 None => None,
             },
+            verified_by: match h.get(VERIFIED_BY) {
+                Some(v) => Some(decode(v.as_str(), VERIFIED_BY)?),
+                None => None,
+            },
+            request: match h.get(REQUEST) {
+                Some(v) => Some(decode(v.as_str(), REQUEST)?),
+                None => None,
+            },
         })
     }
 
@@ -215,6 +236,8 @@ mod tests {
             retry_of: Some(ids::new_id()),
             retry_count: 2,
             schedule_id: Some(ids::new_id()),
+            verified_by: Some("github".into()),
+            request: Some("{\"headers\":{\"x\":\"a b\\r\\n\"}}".into()),
         }
     }
 
@@ -233,6 +256,8 @@ mod tests {
         no_label.retry_of = None;
         no_label.retry_count = 0;
         no_label.schedule_id = None;
+        no_label.verified_by = None;
+        no_label.request = None;
         assert_eq!(
             Envelope::from_headers(Some(&no_label.to_headers())).unwrap(),
             no_label

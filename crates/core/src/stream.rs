@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish, by default.
+pub const DUPLICATE_WINDOW_SECS: u64 = 120;
 
 /// Durable consumer through which the registry's recorder records queued tasks.
 pub const RECORDER_CONSUMER: &str = "recorder";
@@ -74,14 +74,14 @@ impl Layout {
 
     /// The stream configuration. File storage, so an acknowledged webhook survives a NATS restart;
     /// interest retention, since both the recorder and the runners consume every task.
-    pub fn stream_config(&self, replicas: usize) -> stream::Config {
+    pub fn stream_config(&self, replicas: usize, duplicate_window: Duration) -> stream::Config {
         stream::Config {
             name: self.stream.clone(),
             subjects: vec![self.all_tasks()],
             retention: stream::RetentionPolicy::Interest,
             storage: stream::StorageType::File,
             num_replicas: replicas.max(1),
-            duplicate_window: DUPLICATE_WINDOW,
+            duplicate_window,
             ..Default::default()
         }
     }
@@ -92,9 +92,10 @@ impl Layout {
         &self,
         js: &jetstream::Context,
         replicas: usize,
+        duplicate_window: Duration,
     ) -> Result<stream::Stream, async_nats::Error> {
         Ok(js
-            .get_or_create_stream(self.stream_config(replicas))
+            .get_or_create_stream(self.stream_config(replicas, duplicate_window))
             .await?)
     }
 }

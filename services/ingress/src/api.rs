@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use axum::{
     body::Body,
     extract::{multipart::Multipart, rejection::QueryRejection, Path, Query, State},
-    http::{header, HeaderMap, StatusCode},
+    http::{header, HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     Json,
 };
@@ -18,7 +18,7 @@ use workhook_proto as pb;
 
 use crate::error::{ApiError, ApiResult};
 use crate::legacy;
-use crate::state::{App, CodeRef};
+use crate::state::{App, CodeRef, Verification};
 use crate::views::{CodeView, TaskView};
 
 /// IronWorker's limits.
@@ -119,6 +119,8 @@ pub(crate) fn envelope(
         retry_of: None,
         retry_count: 0,
         schedule_id: None,
+        verified_by: None,
+        request: None,
     }
 }
 
@@ -194,6 +196,8 @@ pub async fn webhook(
     State(app): State<App>,
     Path(project_id): Path<String>,
     q: Result<Query<WebhookQuery>, QueryRejection>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
@@ -214,9 +218,103 @@ pub async fn webhook(
     }
     .validate(code.default_priority)?;
     let payload = read_body(&headers, body, app.max_body_bytes).await?;
-    let envelope = envelope(&project_id, &code, options, Source::Webhook);
+    // The raw bytes are verified before anything parses them.
+    let verified = match &code.verification {
+        Verification::None => None,
+        Verification::Configured(v) => {
+            match v.verify(&headers, &payload, chrono::Utc::now().timestamp()) {
+                Ok(verified) => Some(verified),
+                Err(e) => {
+                    tracing::info!(%project_id, code = %code.name, reason = %e.reason(), "webhook refused");
+                    return Err(ApiError::Unauthorized);
+                }
+            }
+        }
+        Verification::Broken => return Err(ApiError::Unauthorized),
+    };
+    let mut envelope = envelope(&project_id, &code, options, Source::Webhook);
+    let delivery_id = verified
+        .as_ref()
+        .and_then(|v| v.delivery_id.as_deref())
+        .or_else(|| delivery_id(&headers));
+    if let Some(delivery) = delivery_id {
+        // The same delivery to the same code is the same task, within JetStream's duplicate
+        // window (Nats-Msg-Id) and beyond it (the registry records an id once, and a finished
+        // task is never run again).
+        envelope.task_id = ids::id_for_key(&format!("{project_id}/{}/{delivery}", code.id));
+    }
+    envelope.verified_by = verified.map(|v| v.scheme.to_string());
+    envelope.request = Some(worker_request(&method, &uri, &headers));
     app.publish(&envelope, payload).await?;
     Ok(Json(json!({ "id": envelope.task_id, "msg": "Queued up." })))
+}
+
+/// The headers senders use for the id of a delivery, in order of preference.
+const DELIVERY_ID_HEADERS: [&str; 4] = [
+    "x-github-delivery",
+    "webhook-id",
+    "iron-message-id",
+    "idempotency-key",
+];
+const MAX_DELIVERY_ID: usize = 256;
+
+fn delivery_id(headers: &HeaderMap) -> Option<&str> {
+    DELIVERY_ID_HEADERS.iter().find_map(|name| {
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_DELIVERY_ID)
+    })
+}
+
+/// Headers a worker never sees: credentials, and hop-by-hop headers that describe the
+/// connection to the ingress rather than the webhook.
+const HIDDEN_HEADERS: [&str; 11] = [
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What the worker gets of the webhook request besides its body (in `WORKHOOK_REQUEST_FILE`):
+/// the method, the query without the token, the content type and the headers, less
+/// credentials and hop-by-hop headers.
+pub fn worker_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> String {
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("oauth="))
+        .collect();
+    let mut visible = serde_json::Map::new();
+    for name in headers.keys() {
+        if HIDDEN_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        visible.insert(name.as_str().to_string(), Value::String(values.join(", ")));
+    }
+    json!({
+        "method": method.as_str(),
+        "query": query.join("&"),
+        "content_type": headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        "headers": visible,
+    })
+    .to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +505,7 @@ struct UploadData {
     retries: Option<f64>,
     retries_delay: Option<f64>,
     default_priority: Option<f64>,
+    webhook_verify: Option<Value>,
 }
 
 fn upload_request(
@@ -457,9 +556,19 @@ fn upload_request(
         Some(n) if n >= 1.0 => Some(int(Some(n), "max_concurrency", 1.0, 1e6)?),
         _ => None,
     };
+    let webhook_verify = match data.webhook_verify {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            crate::verify::WebhookVerify::from_json(&v)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                .to_json()
+                .to_string(),
+        ),
+    };
     Ok(pb::UploadCodeRequest {
         project_id,
         name,
+        webhook_verify,
         command,
         config,
         env_vars,
@@ -738,6 +847,8 @@ pub async fn retry_task(
         retry_of: Some(original.id),
         retry_count: original.retry_count.max(0) as u32 + 1,
         schedule_id: original.schedule_id,
+        verified_by: None,
+        request: None,
     };
     app.publish(&envelope, original.payload).await?;
     Ok(Json(

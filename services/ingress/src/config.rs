@@ -24,6 +24,11 @@ pub struct Config {
     #[arg(long, env = "WORKHOOK_NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
 
+    /// Seconds JetStream drops a republished task (same Nats-Msg-Id) when the stream is created;
+    /// past it, the registry still runs a task id only once.
+    #[arg(long, env = "WORKHOOK_DUPLICATE_WINDOW_SECS", default_value_t = workhook_core::stream::DUPLICATE_WINDOW_SECS)]
+    pub duplicate_window_secs: u64,
+
     /// The registry's gRPC URL.
     #[arg(
         long,

@@ -10,7 +10,6 @@ mod error;
 mod legacy;
 mod schedules;
 mod state;
-#[allow(dead_code)] // wired into the webhook handler separately (issue 5)
 mod verify;
 mod views;
 
@@ -140,7 +139,11 @@ pub async fn run(
         .timeout(publish_timeout)
         .build(nats.clone());
     layout
-        .ensure_stream(&js, config.nats_replicas)
+        .ensure_stream(
+            &js,
+            config.nats_replicas,
+            Duration::from_secs(config.duplicate_window_secs.max(1)),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
     let channel = Endpoint::from_shared(config.registry_url.clone())

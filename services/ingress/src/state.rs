@@ -13,6 +13,17 @@ use workhook_proto::{self as pb, registry_client::RegistryClient};
 
 use crate::cache::TtlCache;
 use crate::error::{ApiError, ApiResult};
+use crate::verify::WebhookVerify;
+
+/// How a code's webhooks are verified.
+#[derive(Debug, Clone)]
+pub enum Verification {
+    /// The code has no webhook_verify: webhooks are taken on the token alone.
+    None,
+    Configured(Box<WebhookVerify>),
+    /// The stored config no longer parses: every webhook fails verification (fail closed).
+    Broken,
+}
 
 /// What the ingress needs to know of a code to queue a task for it.
 #[derive(Debug, Clone)]
@@ -21,6 +32,7 @@ pub struct CodeRef {
     pub name: String,
     pub rev: i32,
     pub default_priority: u8,
+    pub verification: Verification,
 }
 
 pub struct AppState {
@@ -147,11 +159,25 @@ impl AppState {
             .await
             .map_err(|s| ApiError::from_registry(s, "Code"))?
             .into_inner();
+        let verification = match code.webhook_verify.as_deref() {
+            None => Verification::None,
+            Some(text) => match serde_json::from_str(text)
+                .ok()
+                .and_then(|v| WebhookVerify::from_json(&v).ok())
+            {
+                Some(v) => Verification::Configured(Box::new(v)),
+                None => {
+                    tracing::error!(code_id = %code.id, "stored webhook_verify does not parse; refusing its webhooks");
+                    Verification::Broken
+                }
+            },
+        };
         let code = Arc::new(CodeRef {
             id: code.id,
             name: code.name,
             rev: code.rev,
             default_priority: code.default_priority.clamp(0, 2) as u8,
+            verification,
         });
         self.codes.insert(key, code.clone());
         Ok(code)

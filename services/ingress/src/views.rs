@@ -49,6 +49,9 @@ pub struct TaskView {
     pub retry_of: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<String>,
+    /// The signature scheme that verified the webhook, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
 }
 
 impl From<pb::Task> for TaskView {
@@ -82,6 +85,7 @@ impl From<pb::Task> for TaskView {
             source: t.source,
             retry_of: t.retry_of,
             schedule_id: t.schedule_id,
+            verified_by: t.verified_by,
         }
     }
 }

@@ -52,7 +52,11 @@ pub async fn run(
         .context("connecting to NATS (NATS_URL)")?;
     let js = async_nats::jetstream::new(nats.clone());
     let stream = layout
-        .ensure_stream(&js, config.nats_replicas)
+        .ensure_stream(
+            &js,
+            config.nats_replicas,
+            Duration::from_secs(config.duplicate_window_secs.max(1)),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
     let consumer = recorder::consumer(&stream)

@@ -37,6 +37,7 @@ pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
         retry_of: e.retry_of,
         retry_count: e.retry_count as i32,
         schedule_id: e.schedule_id,
+        verified_by: e.verified_by,
     }
 }
 

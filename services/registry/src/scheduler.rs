@@ -128,6 +128,8 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                     retry_of: None,
                     retry_count: 0,
                     schedule_id: Some(s.id.clone()),
+                    verified_by: None,
+                    request: None,
                 };
                 let message = jetstream::message::PublishMessage::build()
                     .payload(s.payload.clone().into())

@@ -14,9 +14,6 @@ use workhook_proto::{self as pb, registry_server::Registry};
 use crate::error::RegistryError;
 use crate::store::{self, Start};
 
-/// How recent an id must be for a lookup miss to wait on the recorder (older ids are answered
-/// at once).
-const RECENT_ID_SECS: u32 = 600;
 /// The longest a lookup waits for the recorder to catch up.
 const RECORDER_WAIT: Duration = Duration::from_secs(3);
 /// The longest a task list waits for the recorder to catch up.
@@ -138,16 +135,11 @@ impl RegistryService {
         }
     }
 
-    /// Whether a missed lookup of `id` deserves a wait for the recorder: only ids minted in the
-    /// last few minutes, so guessing ids cannot make the registry wait.
-    async fn recorder_may_know(&self, id: &str) -> bool {
-        let recent = ids::id_seconds(id).is_some_and(|secs| {
-            let now = chrono::Utc::now().timestamp() as u32;
-            now.saturating_sub(secs) <= RECENT_ID_SECS && secs <= now + 60
-        });
-        if !recent {
-            return false;
-        }
+    /// After a lookup missed: waits (at most `RECORDER_WAIT`) until the recorder has recorded
+    /// everything the stream held, and says whether the lookup is worth repeating. Ids derived
+    /// from a delivery id carry no time, so any well-formed id qualifies; with the recorder
+    /// caught up, this costs two JetStream info calls and answers at once.
+    async fn recorder_caught_up(&self) -> bool {
         match crate::recorder::wait_caught_up(&self.stream, &self.recorder, RECORDER_WAIT).await {
             Ok(_) => true,
             Err(e) => {
@@ -260,7 +252,7 @@ impl Registry for RegistryService {
         if let Some(task) = store::task(&self.pool, &req.project_id, &req.task_id).await? {
             return Ok(Response::new(task));
         }
-        if self.recorder_may_know(&req.task_id).await {
+        if self.recorder_caught_up().await {
             if let Some(task) = store::task(&self.pool, &req.project_id, &req.task_id).await? {
                 return Ok(Response::new(task));
             }
@@ -278,7 +270,7 @@ impl Registry for RegistryService {
         need_id("task", &req.task_id)?;
         let mut log =
             store::task_log(&self.pool, &req.project_id, &req.task_id, req.stdout_only).await?;
-        if log.is_none() && self.recorder_may_know(&req.task_id).await {
+        if log.is_none() && self.recorder_caught_up().await {
             log =
                 store::task_log(&self.pool, &req.project_id, &req.task_id, req.stdout_only).await?;
         }
@@ -381,7 +373,7 @@ impl Registry for RegistryService {
         let req = req.into_inner();
         need_id("task", &req.task_id)?;
         let mut status = store::cancel_task(&self.pool, &req.project_id, &req.task_id).await?;
-        if status.is_none() && self.recorder_may_know(&req.task_id).await {
+        if status.is_none() && self.recorder_caught_up().await {
             status = store::cancel_task(&self.pool, &req.project_id, &req.task_id).await?;
         }
         let status = status.ok_or(RegistryError::NotFound("task"))?;
@@ -408,7 +400,7 @@ impl Registry for RegistryService {
             &req.msg,
         )
         .await?;
-        if !found && self.recorder_may_know(&req.task_id).await {
+        if !found && self.recorder_caught_up().await {
             found = store::set_progress(
                 &self.pool,
                 &req.project_id,

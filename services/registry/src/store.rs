@@ -92,6 +92,7 @@ struct CodeRow {
     file_name: String,
     checksum: Option<String>,
     package_size: Option<i64>,
+    webhook_verify: Option<String>,
 }
 
 impl From<CodeRow> for pb::Code {
@@ -115,6 +116,7 @@ impl From<CodeRow> for pb::Code {
             created_at: ms(r.created_at),
             updated_at: ms(r.updated_at),
             latest_history_id: r.history_id,
+            webhook_verify: r.webhook_verify,
         }
     }
 }
@@ -122,7 +124,7 @@ impl From<CodeRow> for pb::Code {
 const CODE_SELECT: &str = "SELECT c.id, c.project_id, c.name, c.rev, c.created_at, c.updated_at,
         r.id AS history_id, r.command, r.config, r.env_vars, r.max_concurrency, r.retries,
         r.retries_delay, r.default_priority, r.runtime, r.file_name, r.checksum,
-        p.size AS package_size
+        p.size AS package_size, r.webhook_verify::text AS webhook_verify
     FROM codes c
     JOIN code_revisions r ON r.code_id = c.id AND r.rev = c.rev
     LEFT JOIN packages p ON p.checksum = r.checksum";
@@ -161,8 +163,9 @@ pub async fn upload_code(pool: &PgPool, req: pb::UploadCodeRequest) -> Result<pb
     .await?;
     sqlx::query(
         "INSERT INTO code_revisions (id, code_id, rev, command, config, env_vars,
-            max_concurrency, retries, retries_delay, default_priority, runtime, file_name, checksum)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            max_concurrency, retries, retries_delay, default_priority, runtime, file_name, checksum,
+            webhook_verify)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)",
     )
     .bind(ids::new_id())
     .bind(&code_id)
@@ -177,6 +180,7 @@ pub async fn upload_code(pool: &PgPool, req: pb::UploadCodeRequest) -> Result<pb
     .bind(&req.runtime)
     .bind(&req.file_name)
     .bind(&checksum)
+    .bind(&req.webhook_verify)
     .execute(&mut *tx)
     .await?;
     let code: CodeRow = sqlx::query_as(&format!("{CODE_SELECT} WHERE c.id = $1"))
@@ -251,6 +255,7 @@ struct TaskRow {
     end_time: Option<DateTime<Utc>>,
     retry_of: Option<String>,
     schedule_id: Option<String>,
+    verified_by: Option<String>,
 }
 
 impl From<TaskRow> for pb::Task {
@@ -282,6 +287,7 @@ impl From<TaskRow> for pb::Task {
             source: r.source,
             retry_of: r.retry_of,
             schedule_id: r.schedule_id,
+            verified_by: r.verified_by,
         }
     }
 }
@@ -359,6 +365,7 @@ where
     let mut retry_of = Vec::with_capacity(batch.len());
     let mut retry_count = Vec::with_capacity(batch.len());
     let mut schedule_id = Vec::with_capacity(batch.len());
+    let mut verified_by = Vec::with_capacity(batch.len());
     for q in batch {
         let e = q.envelope;
         id.push(e.task_id.as_str());
@@ -377,19 +384,21 @@ where
         retry_of.push(e.retry_of.as_deref());
         retry_count.push(e.retry_count);
         schedule_id.push(e.schedule_id.as_deref());
+        verified_by.push(e.verified_by.as_deref());
     }
     let done = sqlx::query(
         "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
             delay, label, cluster, source, payload, created_at, updated_at, retry_of, retry_count,
-            schedule_id)
+            schedule_id, verified_by)
          SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
             cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0),
-            retry_of, retry_count, schedule_id
+            retry_of, retry_count, schedule_id, verified_by
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int2[],
             $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[],
-            $14::text[], $15::int4[], $16::text[])
+            $14::text[], $15::int4[], $16::text[], $17::text[])
             AS q(id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
-                 cluster, source, payload, received, retry_of, retry_count, schedule_id)
+                 cluster, source, payload, received, retry_of, retry_count, schedule_id,
+                 verified_by)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
@@ -408,6 +417,7 @@ where
     .bind(retry_of)
     .bind(retry_count)
     .bind(schedule_id)
+    .bind(verified_by)
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
@@ -781,6 +791,8 @@ pub async fn finish_task<'c>(
                     retry_of: Some(task_id.to_string()),
                     retry_count: (row.retry_count + 1) as u32,
                     schedule_id: row.schedule_id,
+                    verified_by: None,
+                    request: None,
                 };
                 (envelope, row.payload)
             });
@@ -834,7 +846,7 @@ pub async fn delete_code(pool: &PgPool, project_id: &str, code_id: &str) -> Resu
 const REVISION_SELECT: &str = "SELECT c.id, c.project_id, c.name, r.rev, r.created_at,
         r.created_at AS updated_at, r.id AS history_id, r.command, r.config, r.env_vars,
         r.max_concurrency, r.retries, r.retries_delay, r.default_priority, r.runtime, r.file_name,
-        r.checksum, p.size AS package_size
+        r.checksum, p.size AS package_size, r.webhook_verify::text AS webhook_verify
     FROM codes c
     JOIN code_revisions r ON r.code_id = c.id
     LEFT JOIN packages p ON p.checksum = r.checksum";

@@ -29,6 +29,8 @@ pub struct Job {
     pub package: Option<PathBuf>,
     /// Further variables for the worker (the API URL and the task's own token).
     pub extra_env: Vec<(&'static str, String)>,
+    /// The webhook request (method, query, content type, headers) as JSON, for webhook tasks.
+    pub request: Option<String>,
 }
 
 /// How an attempt ended.
@@ -124,6 +126,14 @@ impl ProcessExecutor {
         }
         tokio::fs::write(&payload_file, &job.payload).await?;
         tokio::fs::write(&config_file, job.config.as_deref().unwrap_or("")).await?;
+        let request_file = match &job.request {
+            Some(request) => {
+                let path = root.join("request.json");
+                tokio::fs::write(&path, request).await?;
+                Some(path)
+            }
+            None => None,
+        };
 
         let mut command = tokio::process::Command::new("/bin/sh");
         command
@@ -152,6 +162,7 @@ impl ProcessExecutor {
             .env("TASK_ID", &job.task_id)
             .env("TASK_DIR", &work)
             .envs(job.extra_env.iter().map(|(k, v)| (*k, v)))
+            .envs(request_file.iter().map(|p| ("WORKHOOK_REQUEST_FILE", p)))
             .envs(&job.env_vars)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

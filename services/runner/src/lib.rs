@@ -49,7 +49,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("connecting to NATS (NATS_URL)")?;
     let js = jetstream::new(nats.clone());
     let stream = layout
-        .ensure_stream(&js, config.nats_replicas)
+        .ensure_stream(
+            &js,
+            config.nats_replicas,
+            Duration::from_secs(config.duplicate_window_secs.max(1)),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
     let consumer: PullConsumer = stream
@@ -223,6 +227,7 @@ fn envelope_to_pb(e: &Envelope) -> pb::Envelope {
         retry_of: e.retry_of.clone(),
         retry_count: e.retry_count as i32,
         schedule_id: e.schedule_id.clone(),
+        verified_by: e.verified_by.clone(),
     }
 }
 
@@ -407,6 +412,7 @@ impl Runner {
             timeout: Duration::from_secs(u64::from(run.timeout.max(1) as u32)),
             package,
             extra_env,
+            request: envelope.request.clone(),
         };
         let outcome = self.executor.run(job, tx, stop).await;
         let _ = shipper.await;

@@ -180,6 +180,7 @@ async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_
         retry_of: None,
         retry_count: 0,
         schedule_id: None,
+        verified_by: None,
     };
     let mut registry = stack.registry().await;
     let start = |runner: &str, lease_ms: i64| pb::StartTaskRequest {

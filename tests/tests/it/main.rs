@@ -6,4 +6,5 @@ mod compat;
 mod lease;
 mod lifecycle;
 mod routes;
+mod webhooks;
 mod worker;
