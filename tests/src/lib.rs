@@ -331,6 +331,9 @@ pub struct StackOptions {
     pub publish_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub duplicate_window_secs: u64,
+    pub max_in_flight: usize,
+    pub request_timeout_ms: u64,
+    pub rate_limit: f64,
 }
 
 impl Default for StackOptions {
@@ -343,6 +346,9 @@ impl Default for StackOptions {
             publish_timeout_ms: 2_000,
             max_body_bytes: 960 * 1024,
             duplicate_window_secs: 120,
+            max_in_flight: 4096,
+            request_timeout_ms: 2_500,
+            rate_limit: 0.0,
         }
     }
 }
@@ -415,6 +421,10 @@ impl Stack {
             max_package_bytes: 64 * 1024 * 1024,
             cache_ttl_ms: 5_000,
             drain_secs: 5,
+            max_in_flight: options.max_in_flight,
+            request_timeout_ms: options.request_timeout_ms,
+            rate_limit: options.rate_limit,
+            rate_limit_burst: None,
         };
         let ingress =
             Service::spawn(|stop| workhook_ingress::run(ingress_config, http_listener, stop));

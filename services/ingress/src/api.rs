@@ -204,6 +204,7 @@ pub async fn webhook(
     let q = query(q)?;
     app.authorize(&project_id, &headers, q.oauth.as_deref())
         .await?;
+    app.rate_limit(&project_id)?;
     let code_name = q
         .code_name
         .filter(|c| !c.is_empty())
@@ -346,6 +347,9 @@ pub async fn queue_tasks(
         .tasks
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::BadRequest("tasks must hold at least one task".into()))?;
+    for _ in &tasks {
+        app.rate_limit(&project_id)?;
+    }
     let mut queued = Vec::with_capacity(tasks.len());
     for task in tasks {
         let code_name = task

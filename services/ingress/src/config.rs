@@ -55,6 +55,24 @@ pub struct Config {
     #[arg(long, env = "WORKHOOK_CACHE_TTL_MS", default_value_t = 5_000)]
     pub cache_ttl_ms: u64,
 
+    /// Requests handled at once; past it, new ones are answered 503 at once (load shedding).
+    #[arg(long, env = "WORKHOOK_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+
+    /// Longest a request may take, in milliseconds (code uploads excepted); past it, 503. Keep it
+    /// under the senders' own timeouts (Slack waits 3 s, GitHub 10 s). 0 disables it.
+    #[arg(long, env = "WORKHOOK_REQUEST_TIMEOUT_MS", default_value_t = 2_500)]
+    pub request_timeout_ms: u64,
+
+    /// Tasks a project may queue per second (webhooks and the JSON API); 0 is unlimited. Over it,
+    /// 429 with Retry-After.
+    #[arg(long, env = "WORKHOOK_RATE_LIMIT", default_value_t = 0.0)]
+    pub rate_limit: f64,
+
+    /// The burst a project may queue above its rate (default: one second's worth, at least 1).
+    #[arg(long, env = "WORKHOOK_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<f64>,
+
     /// How long in-flight requests may take to finish once shutdown starts, in seconds.
     #[arg(long, env = "WORKHOOK_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,

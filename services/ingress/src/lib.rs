@@ -8,6 +8,7 @@ mod codes;
 mod config;
 mod error;
 mod legacy;
+mod limits;
 mod schedules;
 mod state;
 mod verify;
@@ -117,6 +118,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         // Bodies are read with their own limits, which answer 413 as JSON.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::guard,
+        ))
         .with_state(state)
 }
 
@@ -157,10 +162,7 @@ pub async fn run(
         nats.clone(),
         js,
         layout,
-        publish_timeout,
-        config.max_body_bytes,
-        config.max_package_bytes,
-        Duration::from_millis(config.cache_ttl_ms),
+        &config,
     ));
     let app = router(state.clone());
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");

@@ -51,23 +51,24 @@ pub struct AppState {
     tokens: TtlCache<(String, [u8; 32]), ()>,
     /// "project/name" -> the code's current revision.
     codes: TtlCache<String, Arc<CodeRef>>,
+    /// Permits for requests in flight (load shedding).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub request_timeout: Duration,
+    pub rate_limiter: crate::limits::RateLimiter,
 }
 
 pub type App = Arc<AppState>;
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         registry: RegistryClient<Channel>,
         channel: Channel,
         nats: async_nats::Client,
         js: jetstream::Context,
         layout: Layout,
-        publish_timeout: Duration,
-        max_body_bytes: usize,
-        max_package_bytes: usize,
-        cache_ttl: Duration,
+        config: &crate::Config,
     ) -> Self {
+        let cache_ttl = Duration::from_millis(config.cache_ttl_ms);
         Self {
             registry,
             channel,
@@ -75,12 +76,28 @@ impl AppState {
             nats,
             js,
             layout,
-            publish_timeout,
-            max_body_bytes,
-            max_package_bytes,
+            publish_timeout: Duration::from_millis(config.publish_timeout_ms.max(1)),
+            max_body_bytes: config.max_body_bytes,
+            max_package_bytes: config.max_package_bytes,
             tokens: TtlCache::new(cache_ttl, 100_000),
             codes: TtlCache::new(cache_ttl, 100_000),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            rate_limiter: crate::limits::RateLimiter::new(
+                config.rate_limit,
+                config
+                    .rate_limit_burst
+                    .unwrap_or(config.rate_limit)
+                    .max(1.0),
+            ),
         }
+    }
+
+    /// Takes one task's worth of the project's rate limit.
+    pub fn rate_limit(&self, project_id: &str) -> ApiResult<()> {
+        self.rate_limiter
+            .check(project_id)
+            .map_err(ApiError::TooManyRequests)
     }
 
     /// Checks that the request's token (`Authorization: OAuth T`, or `?oauth=T`) grants

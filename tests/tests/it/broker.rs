@@ -33,4 +33,68 @@ async fn with_nats_stopped_a_webhook_answers_503_not_200() {
     }
     let r = stack.client.get(stack.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
+
+    // NATS comes back (same store): the ingress and the runner reconnect by themselves, and a
+    // webhook is accepted and run again.
+    stack.nats.start_again();
+    let until = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let r = stack.webhook(&p, "w", "back").await;
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < until, "the ingress never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let task = stack.wait_done(&p, &id, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "complete");
+    let r = stack.client.get(stack.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_while_a_task_runs_loses_nothing() {
+    let mut stack = Stack::start().await;
+    let p = stack.create_project("restart").await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("runs");
+    stack
+        .upload_script(
+            &p,
+            "w",
+            &format!("echo run >> {}; sleep 2; echo done", marks.display()),
+        )
+        .await;
+    let running = stack.queue(&p, serde_json::json!({"code_name": "w"})).await;
+    stack
+        .wait_status(&p, &running, "running", Duration::from_secs(30))
+        .await;
+    // Acknowledged but not yet started: must survive the restart too.
+    let queued: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let r = stack.webhook(&p, "w", "x").await;
+            assert_eq!(r.status(), 200);
+            ids.push(
+                r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        ids
+    };
+    stack.nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.nats.start_again();
+    for id in std::iter::once(&running).chain(&queued) {
+        let task = stack.wait_done(&p, id, Duration::from_secs(60)).await;
+        assert_eq!(task["status"], "complete", "{task}");
+    }
+    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
+    assert_eq!(runs, 6, "every task ran once");
 }

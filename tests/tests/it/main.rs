@@ -5,6 +5,7 @@ mod broker;
 mod compat;
 mod lease;
 mod lifecycle;
+mod limits;
 mod routes;
 mod webhooks;
 mod worker;
