@@ -372,6 +372,7 @@ pub struct Stack {
     pub admin_token: String,
     pub client: reqwest::Client,
     pub options: StackOptions,
+    registry_config: workhook_registry::Config,
     registry: Service,
     ingress: Service,
     runners: Vec<IsolatedService>,
@@ -404,8 +405,9 @@ impl Stack {
             db_max_connections: 8,
             recorder_batch: 500,
         };
-        let registry =
-            Service::spawn(|stop| workhook_registry::run(registry_config, grpc_listener, stop));
+        let registry = Service::spawn(|stop| {
+            workhook_registry::run(registry_config.clone(), grpc_listener, stop)
+        });
 
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_listener.local_addr().unwrap());
@@ -438,6 +440,7 @@ impl Stack {
             admin_token,
             client: reqwest::Client::new(),
             options: options.clone(),
+            registry_config,
             registry,
             ingress,
             runners: Vec::new(),
@@ -492,6 +495,23 @@ impl Stack {
 
     pub async fn stop_registry(&mut self) -> anyhow::Result<()> {
         self.registry.shutdown().await
+    }
+
+    /// Starts the registry again on the address it had, after `stop_registry`.
+    pub async fn start_registry_again(&mut self) {
+        let addr = self.registry_config.grpc_addr;
+        let until = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(Instant::now() < until, "cannot bind {addr} again: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let config = self.registry_config.clone();
+        self.registry = Service::spawn(|stop| workhook_registry::run(config, listener, stop));
     }
 
     async fn wait_ready(&self) {

@@ -98,3 +98,45 @@ async fn a_nats_restart_while_a_task_runs_loses_nothing() {
     let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
     assert_eq!(runs, 6, "every task ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_restart_while_tasks_run_loses_nothing() {
+    let mut stack = Stack::start().await;
+    let p = stack.create_project("registry").await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("runs");
+    stack
+        .upload_script(
+            &p,
+            "w",
+            &format!("echo run >> {}; sleep 2; echo done", marks.display()),
+        )
+        .await;
+    let running = stack.queue(&p, serde_json::json!({"code_name": "w"})).await;
+    stack
+        .wait_status(&p, &running, "running", Duration::from_secs(30))
+        .await;
+    stack.stop_registry().await.unwrap();
+    // While it is away, webhooks already authorized keep being accepted: the ingress has the
+    // token and the code cached and only needs JetStream.
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let r = stack.webhook(&p, "w", "x").await;
+        assert_eq!(r.status(), 200);
+        queued.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.start_registry_again().await;
+    for id in std::iter::once(&running).chain(&queued) {
+        let task = stack.wait_done(&p, id, Duration::from_secs(60)).await;
+        assert_eq!(task["status"], "complete", "{task}");
+        assert_eq!(&stack.log(&p, id).await[..], b"done\n");
+    }
+    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
+    assert_eq!(runs, 4, "every task ran once");
+}
