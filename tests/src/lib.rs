@@ -385,6 +385,10 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> Self {
+        // The services' logs, when asked for: TEST_LOG=1 (RUST_LOG filters).
+        if std::env::var_os("TEST_LOG").is_some() {
+            workhook_core::telemetry::init_logging();
+        }
         let nats = NatsServer::start();
         let db = TestDb::create().await;
         let prefix = format!("t{}", random_hex(10));
@@ -465,6 +469,7 @@ impl Stack {
             runner_id: Some(format!("runner-{n}")),
             api_url: Some(self.http.clone()),
             lease_secs: self.options.lease_secs,
+            priority_aging_secs: 30,
             drain_secs: 5,
         }
     }

@@ -4,15 +4,30 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy},
+    stream,
+};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish, by default.
 pub const DUPLICATE_WINDOW_SECS: u64 = 120;
 
+/// How long a runner holds a task without renewing its lease, unless the runners say otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// Durable consumer through which the registry's recorder records queued tasks.
 pub const RECORDER_CONSUMER: &str = "recorder";
-/// Durable consumer shared by all runners.
-pub const RUNNER_CONSUMER: &str = "runners";
+/// Durable consumers shared by all runners, one per priority: `runners-p2`, `runners-p1`,
+/// `runners-p0`. A runner with a free slot takes from the highest priority that has a task.
+pub const RUNNER_CONSUMER_PREFIX: &str = "runners-p";
+/// Task priorities, highest first.
+pub const PRIORITIES: [u8; 3] = [2, 1, 0];
+
+/// The runners' consumer for one priority.
+pub fn runner_consumer(priority: u8) -> String {
+    format!("{RUNNER_CONSUMER_PREFIX}{priority}")
+}
 
 /// The names of one installation's stream and subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +66,11 @@ impl Layout {
         &self.stream
     }
 
+    /// The subjects of one priority's tasks: `<prefix>.tasks.p<priority>.>`.
+    pub fn priority_tasks(&self, priority: u8) -> String {
+        format!("{}.tasks.p{priority}.>", self.prefix)
+    }
+
     /// Every task subject: `<prefix>.tasks.>`.
     pub fn all_tasks(&self) -> String {
         format!("{}.tasks.>", self.prefix)
@@ -86,17 +106,55 @@ impl Layout {
         }
     }
 
-    /// Creates the stream if it does not exist yet; every service calls this at start, so the
-    /// order in which they start does not matter.
+    /// The recorder's consumer: every task.
+    pub fn recorder_config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(RECORDER_CONSUMER.into()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        }
+    }
+
+    /// The runners' consumer for one priority; `lease` is how long a runner may hold a task
+    /// without renewing (its ack wait).
+    pub fn runner_config(&self, priority: u8, lease: Duration) -> pull::Config {
+        pull::Config {
+            durable_name: Some(runner_consumer(priority)),
+            filter_subject: self.priority_tasks(priority),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: lease,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the stream and every durable consumer if they do not exist yet. Every service
+    /// calls this before it publishes or consumes, so the order in which they start does not
+    /// matter. The consumers must exist before the first task is published: on an interest
+    /// stream, a message that no consumer wants when the others have acked it is gone.
     pub async fn ensure_stream(
         &self,
         js: &jetstream::Context,
         replicas: usize,
         duplicate_window: Duration,
     ) -> Result<stream::Stream, async_nats::Error> {
-        Ok(js
+        let stream = js
             .get_or_create_stream(self.stream_config(replicas, duplicate_window))
-            .await?)
+            .await?;
+        stream
+            .get_or_create_consumer::<pull::Config>(RECORDER_CONSUMER, self.recorder_config())
+            .await?;
+        for priority in PRIORITIES {
+            stream
+                .get_or_create_consumer::<pull::Config>(
+                    &runner_consumer(priority),
+                    self.runner_config(priority, DEFAULT_LEASE),
+                )
+                .await?;
+        }
+        Ok(stream)
     }
 }
 
@@ -109,6 +167,8 @@ mod tests {
         let l = Layout::new("wh-test_1").unwrap();
         assert_eq!(l.stream(), "WH_TEST_1_TASKS");
         assert_eq!(l.all_tasks(), "wh-test_1.tasks.>");
+        assert_eq!(l.priority_tasks(1), "wh-test_1.tasks.p1.>");
+        assert_eq!(runner_consumer(2), "runners-p2");
         assert_eq!(l.task_subject(2, "p", "c"), "wh-test_1.tasks.p2.p.c");
         assert_eq!(l.cancel_subject("t"), "wh-test_1.control.cancel.t");
         assert_eq!(l.all_cancels(), "wh-test_1.control.cancel.*");

@@ -33,6 +33,20 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         }
     }
 
+    /// An entry past its TTL but younger than `max_age`: what the ingress falls back on while
+    /// the registry cannot be reached, so webhooks keep flowing through a registry restart.
+    pub fn get_stale<Q>(&self, key: &Q, max_age: Duration) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        match entries.get(key) {
+            Some((at, v)) if at.elapsed() < max_age => Some(v.clone()),
+            _ => None,
+        }
+    }
+
     pub fn insert(&self, key: K, value: V) {
         if self.ttl.is_zero() {
             return;
@@ -78,6 +92,16 @@ mod tests {
         assert_eq!(c.get("c"), Some(3));
         c.remove("c");
         assert_eq!(c.get("c"), None);
+    }
+
+    #[test]
+    fn expired_entries_stay_available_as_stale_for_a_while() {
+        let c = TtlCache::new(Duration::from_millis(10), 10);
+        c.insert("a".to_string(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.get_stale("a", Duration::from_secs(60)), Some(1));
+        assert_eq!(c.get_stale("a", Duration::from_millis(15)), None);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct AppState {
 
 pub type App = Arc<AppState>;
 
+/// How long a cached token check or code lookup may stand in for the registry while the
+/// registry cannot be reached (a restart, a network blip): webhooks keep being accepted.
+const STALE_FOR: Duration = Duration::from_secs(300);
+
 impl AppState {
     pub fn new(
         registry: RegistryClient<Channel>,
@@ -122,7 +126,8 @@ impl AppState {
         if !workhook_core::ids::is_id(project_id) {
             return Err(ApiError::Unauthorized);
         }
-        self.registry
+        let checked = self
+            .registry
             .clone()
             .authenticate(pb::AuthenticateRequest {
                 project_id: project_id.to_string(),
@@ -130,9 +135,18 @@ impl AppState {
                 task_id: None,
             })
             .await
-            .map_err(|s| ApiError::from_registry(s, "project"))?;
-        self.tokens.insert(key, ());
-        Ok(())
+            .map_err(|s| ApiError::from_registry(s, "project"));
+        match checked {
+            Ok(_) => {
+                self.tokens.insert(key, ());
+                Ok(())
+            }
+            // The registry is away: a token it confirmed recently is still good.
+            Err(ApiError::Unavailable(_)) if self.tokens.get_stale(&key, STALE_FOR).is_some() => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Like `authorize`, but also accepts the token scoped to `task_id` that its worker got
@@ -166,7 +180,7 @@ impl AppState {
         if let Some(code) = self.codes.get(&key) {
             return Ok(code);
         }
-        let code = self
+        let looked_up = self
             .registry
             .clone()
             .get_code_by_name(pb::GetCodeByNameRequest {
@@ -174,8 +188,18 @@ impl AppState {
                 name: name.to_string(),
             })
             .await
-            .map_err(|s| ApiError::from_registry(s, "Code"))?
-            .into_inner();
+            .map_err(|s| ApiError::from_registry(s, "Code"));
+        let code = match looked_up {
+            Ok(code) => code.into_inner(),
+            // The registry is away: the revision it named recently is still the one to run.
+            Err(ApiError::Unavailable(msg)) => {
+                return self
+                    .codes
+                    .get_stale(&key, STALE_FOR)
+                    .ok_or(ApiError::Unavailable(msg))
+            }
+            Err(e) => return Err(e),
+        };
         let verification = match code.webhook_verify.as_deref() {
             None => Verification::None,
             Some(text) => match serde_json::from_str(text)

@@ -59,7 +59,7 @@ pub async fn run(
         )
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
-    let consumer = recorder::consumer(&stream)
+    let consumer = recorder::consumer(&stream, &layout)
         .await
         .map_err(|e| anyhow::anyhow!("creating the recorder consumer: {e}"))?;
 

@@ -4,11 +4,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self,
-    consumer::{pull, PullConsumer},
-    AckKind,
-};
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -43,18 +39,10 @@ pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
 
 pub async fn consumer(
     stream: &jetstream::stream::Stream,
+    layout: &workhook_core::stream::Layout,
 ) -> Result<PullConsumer, async_nats::Error> {
     Ok(stream
-        .get_or_create_consumer(
-            RECORDER_CONSUMER,
-            pull::Config {
-                durable_name: Some(RECORDER_CONSUMER.into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(RECORDER_CONSUMER, layout.recorder_config())
         .await?)
 }
 

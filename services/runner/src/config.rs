@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "WORKHOOK_LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
 
+    /// A lower priority that has had no task taken for this many seconds gets the next free slot
+    /// once, so priority 0 is never starved by a steady backlog of higher ones.
+    #[arg(long, env = "WORKHOOK_PRIORITY_AGING_SECS", default_value_t = 30)]
+    pub priority_aging_secs: u64,
+
     /// Seconds running tasks get to finish once shutdown starts; after that their workers are
     /// killed and the tasks handed back to the stream.
     #[arg(long, env = "WORKHOOK_DRAIN_SECS", default_value_t = 25)]

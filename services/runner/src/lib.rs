@@ -17,7 +17,8 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
-use workhook_core::{stream::Layout, stream::RUNNER_CONSUMER, Envelope};
+use workhook_core::stream::{Layout, PRIORITIES};
+use workhook_core::Envelope;
 use workhook_proto::{self as pb, registry_client::RegistryClient};
 
 pub use config::Config;
@@ -25,6 +26,8 @@ use executor::{Executor, Job, Outcome, ProcessExecutor};
 
 /// How long one pull request waits for tasks.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Past a pull's own expiry, how long the runner waits before giving the pull up for lost.
+const FETCH_DEADLINE: Duration = Duration::from_secs(2);
 
 struct Runner {
     registry: RegistryClient<Channel>,
@@ -56,19 +59,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            RUNNER_CONSUMER,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(RUNNER_CONSUMER.into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: lease,
-                max_ack_pending: 100_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the runner consumer: {e}"))?;
+    // The consumers exist (ensure_stream); set their ack wait to this runner's lease.
+    let mut consumers = Vec::with_capacity(PRIORITIES.len());
+    for priority in PRIORITIES {
+        let consumer: PullConsumer = stream
+            .create_consumer(layout.runner_config(priority, lease))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("updating the runner consumer for priority {priority}: {e}")
+            })?;
+        consumers.push(consumer);
+    }
     let channel = Endpoint::from_shared(config.registry_url.clone())
         .context("WORKHOOK_REGISTRY_URL")?
         .connect_timeout(Duration::from_secs(2))
@@ -103,7 +104,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tracker = TaskTracker::new();
     // Cancelled when the drain deadline passes: running workers are killed and handed back.
     let abandon = CancellationToken::new();
-    pull_loop(&consumer, &slots, &tracker, &runner, &abandon, &shutdown).await;
+    let puller = Puller {
+        consumers,
+        slots: slots.clone(),
+        tracker: tracker.clone(),
+        runner: runner.clone(),
+        abandon: abandon.clone(),
+        aging: Duration::from_secs(config.priority_aging_secs.max(1)),
+    };
+    puller.run(&shutdown).await;
 
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(config.drain_secs), tracker.wait())
@@ -146,60 +155,183 @@ fn rand_u32() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-/// Pulls exactly as many tasks as there are free slots, so no task waits in this runner's buffer
-/// while another runner is idle.
-async fn pull_loop(
-    consumer: &PullConsumer,
-    slots: &Arc<Semaphore>,
-    tracker: &TaskTracker,
-    runner: &Arc<Runner>,
-    abandon: &CancellationToken,
-    shutdown: &CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.cancelled() => return,
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
-        }
-        let batch = consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "pull failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        };
+/// Takes tasks from the three priority consumers into free slots.
+///
+/// With free slots, a runner sweeps the consumers highest priority first, taking at most as many
+/// tasks as it has free slots (so no task waits in a busy runner's buffer while another runner
+/// is idle). Only when all three are empty does it wait, with one long pull on each; a task that
+/// such a pull delivers when no slot is free is handed back at once (nak) for another runner.
+///
+/// Starvation: strict priority could leave priority 0 (or 1) waiting forever under a steady
+/// backlog of higher priorities. So a lower priority that has not had a task taken for `aging`
+/// (WORKHOOK_PRIORITY_AGING_SECS, 30 s) is swept first once: each runner gives every backlogged
+/// priority at least one slot per `aging`, which bounds its wait.
+struct Puller {
+    /// Highest priority first, as `PRIORITIES`.
+    consumers: Vec<PullConsumer>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    runner: Arc<Runner>,
+    abandon: CancellationToken,
+    aging: Duration,
+}
+
+impl Puller {
+    async fn run(&self, shutdown: &CancellationToken) {
+        let mut last_taken = vec![tokio::time::Instant::now(); self.consumers.len()];
         loop {
-            let next = tokio::select! {
-                m = batch.next() => m,
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = shutdown.cancelled() => return,
             };
-            match next {
-                Some(Ok(message)) => {
-                    let Some(permit) = permits.pop() else { break };
-                    let runner = runner.clone();
-                    let abandon = abandon.clone();
-                    tracker.spawn(async move { runner.handle(message, permit, abandon).await });
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "pull ended");
+            let mut permits = vec![first];
+            while let Ok(p) = self.slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            // Priorities that waited past `aging` go first, once; then highest first.
+            let now = tokio::time::Instant::now();
+            let mut order: Vec<usize> = (0..self.consumers.len())
+                .rev()
+                .filter(|&i| now.duration_since(last_taken[i]) > self.aging)
+                .collect();
+            order.extend(0..self.consumers.len());
+            let aged = order.len() - self.consumers.len();
+            let mut took = false;
+            for (round, i) in order.into_iter().enumerate() {
+                if permits.is_empty() {
                     break;
                 }
-                None => break,
+                let taken = if round < aged {
+                    // A starving priority gets one slot, not all of them.
+                    let mut one: Vec<_> = permits.pop().into_iter().collect();
+                    let taken = self.sweep(i, &mut one).await;
+                    permits.extend(one);
+                    taken
+                } else {
+                    self.sweep(i, &mut permits).await
+                };
+                if taken > 0 {
+                    last_taken[i] = tokio::time::Instant::now();
+                    took = true;
+                } else if now.duration_since(last_taken[i]) > self.aging {
+                    // Nothing waiting there: nothing is starving.
+                    last_taken[i] = now;
+                }
+            }
+            if took || permits.is_empty() {
+                continue;
+            }
+            if let Some(i) = self.wait_for_any(permits, shutdown).await {
+                last_taken[i] = tokio::time::Instant::now();
             }
         }
+    }
+
+    fn dispatch(&self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+        let runner = self.runner.clone();
+        let abandon = self.abandon.clone();
+        self.tracker
+            .spawn(async move { runner.handle(message, permit, abandon).await });
+    }
+
+    /// Takes what consumer `i` has now, up to the free slots; returns how many it took.
+    async fn sweep(&self, i: usize, permits: &mut Vec<OwnedSemaphorePermit>) -> usize {
+        let fetched = self.consumers[i]
+            .fetch()
+            .max_messages(permits.len())
+            .messages()
+            .await;
+        let mut messages = match fetched {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        // A fetch answers at once; the deadline only guards against a connection that died
+        // mid-answer (the server's end-of-batch would never come).
+        while let Ok(Some(next)) = tokio::time::timeout(FETCH_DEADLINE, messages.next()).await {
+            match next {
+                Ok(message) => match permits.pop() {
+                    Some(permit) => {
+                        self.dispatch(message, permit);
+                        taken += 1;
+                    }
+                    None => nak(&message, Duration::ZERO).await,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "fetch ended");
+                    break;
+                }
+            }
+        }
+        taken
+    }
+
+    /// Everything is empty: one long pull on each consumer, until a task arrives (returns the
+    /// index of its consumer), the pulls expire, or shutdown. Pulls still open when this returns
+    /// are read to their end in the background, so nothing they deliver is left unread.
+    async fn wait_for_any(
+        &self,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        shutdown: &CancellationToken,
+    ) -> Option<usize> {
+        let mut pulls = Vec::with_capacity(self.consumers.len());
+        for (i, consumer) in self.consumers.iter().enumerate() {
+            match consumer
+                .batch()
+                .max_messages(1)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(batch) => pulls.push(batch.map(move |m| (i, m)).boxed()),
+                Err(e) => tracing::warn!(error = %e, "pull failed"),
+            }
+        }
+        if pulls.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return None;
+        }
+        let mut all = futures_util::stream::select_all(pulls);
+        // The pulls expire on the server; the deadline covers a server that went away meanwhile.
+        let first = tokio::select! {
+            m = tokio::time::timeout(PULL_EXPIRES + FETCH_DEADLINE, all.next()) => m.ok().flatten(),
+            _ = shutdown.cancelled() => None,
+        };
+        let taken = match first {
+            Some((i, Ok(message))) => {
+                if let Some(permit) = permits.pop() {
+                    self.dispatch(message, permit);
+                }
+                Some(i)
+            }
+            _ => None,
+        };
+        drop(permits);
+        // The other pulls stay open until they deliver or expire: read them out, running what
+        // they bring if a slot is free and handing it back otherwise.
+        let slots = self.slots.clone();
+        let runner = self.runner.clone();
+        let tracker = self.tracker.clone();
+        let abandon = self.abandon.clone();
+        let until = tokio::time::Instant::now() + PULL_EXPIRES + FETCH_DEADLINE;
+        self.tracker.spawn(async move {
+            while let Ok(Some((_, next))) = tokio::time::timeout_at(until, all.next()).await {
+                let Ok(message) = next else { continue };
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let runner = runner.clone();
+                        let abandon = abandon.clone();
+                        tracker.spawn(async move { runner.handle(message, permit, abandon).await });
+                    }
+                    Err(_) => nak(&message, Duration::ZERO).await,
+                }
+            }
+        });
+        taken
     }
 }
 

@@ -12,6 +12,8 @@ use workhook_proto::{self as pb, registry_client::RegistryClient};
 /// A batch is sent when it holds this much, or when it is this old.
 const BATCH_BYTES: usize = 64 * 1024;
 const BATCH_AGE: Duration = Duration::from_millis(200);
+/// How long a batch is retried while the registry cannot be reached before it is given up.
+const SEND_PATIENCE: Duration = Duration::from_secs(60);
 
 /// One read from a worker's stdout or stderr.
 pub struct Output {
@@ -64,7 +66,10 @@ impl LogShipper {
     async fn send(&self, batch: &mut Vec<pb::LogEntry>) -> bool {
         let entries = std::mem::take(batch);
         let mut delay = Duration::from_millis(100);
-        for _ in 0..5 {
+        // Through a registry restart the output waits (and the worker, once the channel is full,
+        // waits on its pipe) rather than being dropped.
+        let give_up = tokio::time::Instant::now() + SEND_PATIENCE;
+        while tokio::time::Instant::now() < give_up {
             let req = pb::AppendLogRequest {
                 task_id: self.task_id.clone(),
                 attempt: self.attempt,
@@ -78,7 +83,7 @@ impl LogShipper {
                 Err(e) => {
                     tracing::warn!(task_id = %self.task_id, error = %e, "sending log failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -49,19 +49,23 @@ impl PackageCache {
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
             return Ok(target);
         }
-        let mut chunks = self
-            .registry
-            .clone()
-            .get_package(pb::GetPackageRequest {
-                checksum: checksum.to_string(),
-            })
-            .await
-            .context("fetching the package")?
-            .into_inner();
-        let mut data = Vec::new();
-        while let Some(chunk) = chunks.message().await.context("fetching the package")? {
-            data.extend_from_slice(&chunk.data);
-        }
+        // A registry restart is no reason to fail a task: retry for a while.
+        let give_up = tokio::time::Instant::now() + FETCH_PATIENCE;
+        let mut delay = std::time::Duration::from_millis(100);
+        let data = loop {
+            match self.fetch(checksum).await {
+                Ok(data) => break data,
+                Err(e)
+                    if e.code() != tonic::Code::NotFound
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tracing::warn!(%checksum, error = %e, "fetching the package failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => return Err(e).context("fetching the package"),
+            }
+        };
         let dir = self.dir.clone();
         let checksum = checksum.to_string();
         tokio::task::spawn_blocking(move || unpack(&dir, &checksum, data))
@@ -70,6 +74,27 @@ impl PackageCache {
         Ok(target)
     }
 }
+
+impl PackageCache {
+    async fn fetch(&self, checksum: &str) -> Result<Vec<u8>, tonic::Status> {
+        let mut chunks = self
+            .registry
+            .clone()
+            .get_package(pb::GetPackageRequest {
+                checksum: checksum.to_string(),
+            })
+            .await?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        Ok(data)
+    }
+}
+
+/// How long a package fetch is retried while the registry cannot be reached.
+const FETCH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Checks and unpacks a zip into `dir/<checksum>`, through a temporary directory and a rename so
 /// a half-written package is never used.
