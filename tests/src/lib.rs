@@ -321,6 +321,12 @@ impl Drop for IsolatedService {
     }
 }
 
+async fn admin_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
 /// How a test wants its stack.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -372,6 +378,10 @@ pub struct Stack {
     pub admin_token: String,
     pub client: reqwest::Client,
     pub options: StackOptions,
+    /// Base URLs of the admin listeners (`/metrics`, `/healthz`, `/readyz`).
+    pub registry_admin: String,
+    pub ingress_admin: String,
+    pub runner_admins: Vec<String>,
     registry_config: workhook_registry::Config,
     registry: Service,
     ingress: Service,
@@ -397,6 +407,7 @@ impl Stack {
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
         let registry_config = workhook_registry::Config {
+            metrics_addr: None,
             database_url: db.url.clone(),
             nats_url: nats.url(),
             nats_prefix: prefix.clone(),
@@ -409,13 +420,20 @@ impl Stack {
             db_max_connections: 8,
             recorder_batch: 500,
         };
+        let (registry_admin, registry_admin_url) = admin_listener().await;
         let registry = Service::spawn(|stop| {
-            workhook_registry::run(registry_config.clone(), grpc_listener, stop)
+            workhook_registry::run(
+                registry_config.clone(),
+                grpc_listener,
+                Some(registry_admin),
+                stop,
+            )
         });
 
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", http_listener.local_addr().unwrap());
         let ingress_config = workhook_ingress::Config {
+            metrics_addr: None,
             http_addr: http_listener.local_addr().unwrap(),
             nats_url: nats.url(),
             nats_prefix: prefix.clone(),
@@ -432,8 +450,10 @@ impl Stack {
             rate_limit: options.rate_limit,
             rate_limit_burst: None,
         };
-        let ingress =
-            Service::spawn(|stop| workhook_ingress::run(ingress_config, http_listener, stop));
+        let (ingress_admin, ingress_admin_url) = admin_listener().await;
+        let ingress = Service::spawn(|stop| {
+            workhook_ingress::run(ingress_config, http_listener, Some(ingress_admin), stop)
+        });
 
         let mut stack = Stack {
             nats,
@@ -445,6 +465,9 @@ impl Stack {
             client: reqwest::Client::new(),
             options: options.clone(),
             registry_config,
+            registry_admin: registry_admin_url,
+            ingress_admin: ingress_admin_url,
+            runner_admins: Vec::new(),
             registry,
             ingress,
             runners: Vec::new(),
@@ -459,6 +482,7 @@ impl Stack {
 
     fn runner_config(&self, n: usize) -> workhook_runner::Config {
         workhook_runner::Config {
+            metrics_addr: None,
             nats_url: self.nats.url(),
             nats_prefix: self.prefix.clone(),
             nats_replicas: 1,
@@ -478,9 +502,17 @@ impl Stack {
     pub fn add_runner(&mut self) -> usize {
         let n = self.runners.len();
         let config = self.runner_config(n);
-        self.runners.push(IsolatedService::spawn(|stop| {
-            workhook_runner::run(config, stop)
-        }));
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("an admin port");
+        admin
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        self.runner_admins
+            .push(format!("http://{}", admin.local_addr().unwrap()));
+        self.runners
+            .push(IsolatedService::spawn(move |stop| async move {
+                let admin = TcpListener::from_std(admin)?;
+                workhook_runner::run(config, Some(admin), stop).await
+            }));
         n
     }
 
@@ -516,7 +548,7 @@ impl Stack {
             }
         };
         let config = self.registry_config.clone();
-        self.registry = Service::spawn(|stop| workhook_registry::run(config, listener, stop));
+        self.registry = Service::spawn(|stop| workhook_registry::run(config, listener, None, stop));
     }
 
     async fn wait_ready(&self) {

@@ -4,6 +4,7 @@
 
 pub mod envelope;
 pub mod ids;
+pub mod metrics;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;

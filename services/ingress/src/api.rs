@@ -201,6 +201,20 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    let answer = queue_webhook(&app, project_id, q, method, uri, headers, body).await;
+    app.metrics.webhook(answer.as_ref().map(|_| ()));
+    answer
+}
+
+async fn queue_webhook(
+    app: &App,
+    project_id: String,
+    q: Result<Query<WebhookQuery>, QueryRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let q = query(q)?;
     app.authorize(&project_id, &headers, q.oauth.as_deref())
         .await?;

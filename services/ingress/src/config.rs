@@ -8,6 +8,10 @@ use std::net::SocketAddr;
     about = "workhook's ingress: webhooks and the IronWorker v2 API"
 )]
 pub struct Config {
+    /// Admin listener for `/metrics`, `/healthz` and `/readyz` (e.g. 0.0.0.0:9090); unset: none.
+    #[arg(long, env = "WORKHOOK_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// HTTP listen address.
     #[arg(long, env = "WORKHOOK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod legacy;
 mod limits;
+mod metrics;
 mod schedules;
 mod state;
 mod verify;
@@ -130,6 +131,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let layout = Layout::new(&config.nats_prefix)?;
@@ -165,6 +167,18 @@ pub async fn run(
         &config,
     ));
     let app = router(state.clone());
+    workhook_core::metrics::spawn_admin(
+        admin,
+        state.metrics.registry.clone(),
+        {
+            let state = state.clone();
+            Arc::new(move || {
+                !state.draining.load(Ordering::Relaxed)
+                    && state.nats.connection_state() == async_nats::connection::State::Connected
+            })
+        },
+        shutdown.clone(),
+    );
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
 
     let stop_accepting = {

@@ -55,6 +55,7 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub request_timeout: Duration,
     pub rate_limiter: crate::limits::RateLimiter,
+    pub metrics: crate::metrics::IngressMetrics,
 }
 
 pub type App = Arc<AppState>;
@@ -87,6 +88,7 @@ impl AppState {
             codes: TtlCache::new(cache_ttl, 100_000),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
+            metrics: crate::metrics::IngressMetrics::new(),
             rate_limiter: crate::limits::RateLimiter::new(
                 config.rate_limit,
                 config
@@ -243,10 +245,14 @@ impl AppState {
             .payload(payload)
             .headers(envelope.to_headers())
             .message_id(envelope.task_id.as_str());
+        let started = std::time::Instant::now();
         let acked = tokio::time::timeout(self.publish_timeout, async {
             self.js.send_publish(subject, message).await?.await
         })
         .await;
+        self.metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
         match acked {
             Ok(Ok(_ack)) => Ok(()),
             Ok(Err(e)) => {

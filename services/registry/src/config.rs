@@ -8,6 +8,10 @@ use std::net::SocketAddr;
     about = "workhook's registry: gRPC on Postgres"
 )]
 pub struct Config {
+    /// Admin listener for `/metrics`, `/healthz` and `/readyz` (e.g. 0.0.0.0:9090); unset: none.
+    #[arg(long, env = "WORKHOOK_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,

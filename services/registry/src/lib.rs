@@ -5,11 +5,13 @@
 
 mod config;
 mod error;
+mod metrics;
 mod recorder;
 mod scheduler;
 mod service;
 mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,6 +35,7 @@ const MAX_MESSAGE: usize = 96 * 1024 * 1024;
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let layout = Layout::new(&config.nats_prefix)?;
@@ -64,10 +67,39 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("creating the recorder consumer: {e}"))?;
 
     let recorder_stop = CancellationToken::new();
+    let metrics = Arc::new(metrics::RegistryMetrics::new());
+    let mut runner_consumers = Vec::new();
+    for priority in workhook_core::stream::PRIORITIES {
+        runner_consumers.push(
+            stream
+                .get_consumer(&workhook_core::stream::runner_consumer(priority))
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the runners' consumers: {e}"))?,
+        );
+    }
+    tokio::spawn(metrics.clone().sample(
+        pool.clone(),
+        consumer.clone(),
+        runner_consumers,
+        recorder_stop.clone(),
+    ));
+    workhook_core::metrics::spawn_admin(
+        admin,
+        metrics.registry.clone(),
+        {
+            let (shutdown, nats) = (shutdown.clone(), nats.clone());
+            Arc::new(move || {
+                !shutdown.is_cancelled()
+                    && nats.connection_state() == async_nats::connection::State::Connected
+            })
+        },
+        recorder_stop.clone(),
+    );
     let recorder_task = tokio::spawn(recorder::run(
         pool.clone(),
         consumer.clone(),
         config.recorder_batch.max(1),
+        metrics.recorded.clone(),
         recorder_stop.clone(),
     ));
 
@@ -105,6 +137,7 @@ pub async fn run(
         }
     };
     let served = tonic::transport::Server::builder()
+        .layer(metrics::GrpcTiming(metrics.clone()))
         .add_service(health_service)
         .add_service(
             RegistryServer::new(service)

@@ -5,5 +5,12 @@ async fn main() -> anyhow::Result<()> {
     workhook_core::telemetry::init_logging();
     let config = workhook_registry::Config::parse();
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-    workhook_registry::run(config, listener, workhook_core::shutdown::on_signal()).await
+    let admin = workhook_core::metrics::bind_admin(config.metrics_addr).await?;
+    workhook_registry::run(
+        config,
+        listener,
+        admin,
+        workhook_core::shutdown::on_signal(),
+    )
+    .await
 }

@@ -51,10 +51,11 @@ pub async fn run(
     pool: PgPool,
     consumer: PullConsumer,
     batch_size: usize,
+    recorded: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
-        if let Err(e) = consume(&pool, &consumer, batch_size, &shutdown).await {
+        if let Err(e) = consume(&pool, &consumer, batch_size, &recorded, &shutdown).await {
             tracing::warn!(error = %e, "recorder interrupted; resuming");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -68,6 +69,7 @@ async fn consume(
     pool: &PgPool,
     consumer: &PullConsumer,
     batch_size: usize,
+    recorded: &prometheus_client::metrics::counter::Counter,
     shutdown: &CancellationToken,
 ) -> Result<(), async_nats::Error> {
     let mut messages = consumer
@@ -98,11 +100,12 @@ async fn consume(
                 _ = &mut linger => break,
             }
         }
-        record(pool, &mut batch).await;
+        recorded.inc_by(record(pool, &mut batch).await);
     }
 }
 
-async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) {
+/// Records a batch; returns how many new tasks it wrote.
+async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) -> u64 {
     let mut envelopes = Vec::with_capacity(batch.len());
     let mut keep = Vec::with_capacity(batch.len());
     for m in batch.drain(..) {
@@ -119,7 +122,7 @@ async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) {
         }
     }
     if keep.is_empty() {
-        return;
+        return 0;
     }
     let queued: Vec<Queued<'_>> = envelopes
         .iter()
@@ -130,18 +133,20 @@ async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) {
         })
         .collect();
     match store::record_queued(pool, &queued).await {
-        Ok(_) => {
+        Ok(written) => {
             for m in &keep {
                 if let Err(e) = m.ack().await {
                     tracing::warn!(error = %e, "recorder ack failed; the message will be redelivered");
                 }
             }
+            written
         }
         Err(e) => {
             tracing::warn!(error = %e, n = keep.len(), "recording queued tasks failed; retrying");
             for m in &keep {
                 let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
+            0
         }
     }
 }

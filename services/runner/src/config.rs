@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The runner's configuration: every option is a flag and an environment variable.
@@ -8,6 +9,10 @@ use std::path::PathBuf;
     about = "workhook's runner: runs workers for queued tasks"
 )]
 pub struct Config {
+    /// Admin listener for `/metrics`, `/healthz` and `/readyz` (e.g. 0.0.0.0:9090); unset: none.
+    #[arg(long, env = "WORKHOOK_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,

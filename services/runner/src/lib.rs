@@ -6,6 +6,7 @@
 mod config;
 pub mod executor;
 mod logs;
+mod metrics;
 mod package;
 
 use std::sync::Arc;
@@ -38,11 +39,16 @@ struct Runner {
     runner_id: String,
     lease: Duration,
     api_url: Option<String>,
+    metrics: metrics::RunnerMetrics,
 }
 
 /// Runs the runner until `shutdown` is cancelled; then it stops pulling, gives running tasks
 /// `drain_secs` to finish, and kills and hands back the rest.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    admin: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let layout = Layout::new(&config.nats_prefix)?;
     let lease = Duration::from_secs(config.lease_secs.max(3));
     let nats = async_nats::ConnectOptions::new()
@@ -92,7 +98,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         runner_id,
         lease,
         api_url: config.api_url.clone(),
+        metrics: metrics::RunnerMetrics::new(),
     });
+    workhook_core::metrics::spawn_admin(
+        admin,
+        runner.metrics.registry.clone(),
+        {
+            let (shutdown, nats) = (shutdown.clone(), nats.clone());
+            Arc::new(move || {
+                !shutdown.is_cancelled()
+                    && nats.connection_state() == async_nats::connection::State::Connected
+            })
+        },
+        shutdown.clone(),
+    );
     let cancels = nats
         .subscribe(layout.all_cancels())
         .await
@@ -430,9 +449,12 @@ impl Runner {
             stop.clone(),
         ));
 
+        self.metrics.slots_busy.inc();
+        let started = std::time::Instant::now();
         let outcome = self
             .execute(&envelope, run, message.payload.clone(), stop.clone())
             .await;
+        self.metrics.slots_busy.dec();
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -469,6 +491,8 @@ impl Runner {
         if let Err(e) = message.double_ack().await {
             tracing::warn!(%task_id, error = %e, "ack failed; a redelivery will be skipped");
         }
+        self.metrics
+            .finished(&envelope.code_name, status, started.elapsed().as_secs_f64());
         tracing::info!(%task_id, attempt, status, "finished");
     }
 

@@ -4,5 +4,6 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     workhook_core::telemetry::init_logging();
     let config = workhook_runner::Config::parse();
-    workhook_runner::run(config, workhook_core::shutdown::on_signal()).await
+    let admin = workhook_core::metrics::bind_admin(config.metrics_addr).await?;
+    workhook_runner::run(config, admin, workhook_core::shutdown::on_signal()).await
 }

@@ -6,6 +6,7 @@ mod compat;
 mod lease;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod priorities;
 mod routes;
 mod webhooks;
