@@ -337,9 +337,16 @@ impl Puller {
         let tracker = self.tracker.clone();
         let abandon = self.abandon.clone();
         let until = tokio::time::Instant::now() + PULL_EXPIRES + FETCH_DEADLINE;
-        self.tracker.spawn(async move {
+        let stopping = shutdown.clone();
+        // Not tracked: shutdown need not wait for these pulls to expire; what they bring then is
+        // handed back.
+        tokio::spawn(async move {
             while let Ok(Some((_, next))) = tokio::time::timeout_at(until, all.next()).await {
                 let Ok(message) = next else { continue };
+                if stopping.is_cancelled() {
+                    nak(&message, Duration::ZERO).await;
+                    continue;
+                }
                 match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let runner = runner.clone();

@@ -9,5 +9,6 @@ mod limits;
 mod metrics;
 mod priorities;
 mod routes;
+mod shutdown;
 mod webhooks;
 mod worker;
