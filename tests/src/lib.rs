@@ -549,6 +549,7 @@ impl Stack {
         };
         let config = self.registry_config.clone();
         self.registry = Service::spawn(|stop| workhook_registry::run(config, listener, None, stop));
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&self) {

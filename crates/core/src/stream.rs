@@ -81,6 +81,21 @@ impl Layout {
         format!("{}.tasks.p{priority}.{project_id}.{code_id}", self.prefix)
     }
 
+    /// Where a delayed task waits to be recorded (no runner consumes it): the registry releases
+    /// it to its priority's subject when it is due.
+    pub fn delayed_subject(&self, project_id: &str, code_id: &str) -> String {
+        format!("{}.tasks.delayed.{project_id}.{code_id}", self.prefix)
+    }
+
+    /// The subject to publish a new task on: its priority's, or the delayed one.
+    pub fn subject_for(&self, envelope: &crate::Envelope) -> String {
+        if envelope.delay > 0 {
+            self.delayed_subject(&envelope.project_id, &envelope.code_id)
+        } else {
+            self.task_subject(envelope.priority, &envelope.project_id, &envelope.code_id)
+        }
+    }
+
     /// Core NATS subject (outside the stream) on which the registry announces that a task was
     /// cancelled, so the runner running it stops it at once.
     pub fn cancel_subject(&self, task_id: &str) -> String {
@@ -111,7 +126,9 @@ impl Layout {
         pull::Config {
             durable_name: Some(RECORDER_CONSUMER.into()),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
+            // Short: what a recorder that went away held is redelivered soon, and recording a
+            // task twice is harmless (ON CONFLICT DO NOTHING).
+            ack_wait: Duration::from_secs(5),
             max_ack_pending: 20_000,
             ..Default::default()
         }
@@ -171,6 +188,7 @@ mod tests {
         assert_eq!(runner_consumer(2), "runners-p2");
         assert_eq!(l.task_subject(2, "p", "c"), "wh-test_1.tasks.p2.p.c");
         assert_eq!(l.cancel_subject("t"), "wh-test_1.control.cancel.t");
+        assert_eq!(l.delayed_subject("p", "c"), "wh-test_1.tasks.delayed.p.c");
         assert_eq!(l.all_cancels(), "wh-test_1.control.cancel.*");
     }
 

@@ -238,9 +238,7 @@ impl AppState {
                 "The queue is unavailable; retry shortly".into(),
             ));
         }
-        let subject =
-            self.layout
-                .task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);
+        let subject = self.layout.subject_for(envelope);
         let message = jetstream::message::PublishMessage::build()
             .payload(payload)
             .headers(envelope.to_headers())

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod delays;
 mod error;
 mod metrics;
 mod recorder;
@@ -103,6 +104,12 @@ pub async fn run(
         recorder_stop.clone(),
     ));
 
+    let delays_task = tokio::spawn(delays::run(
+        pool.clone(),
+        js.clone(),
+        layout.clone(),
+        recorder_stop.clone(),
+    ));
     let scheduler_task = tokio::spawn(scheduler::run(
         pool.clone(),
         js.clone(),
@@ -149,6 +156,7 @@ pub async fn run(
     recorder_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), recorder_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), delays_task).await;
     let _ = nats.drain().await;
     pool.close().await;
     served.context("serving gRPC")

@@ -34,6 +34,7 @@ pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
         retry_count: e.retry_count as i32,
         schedule_id: e.schedule_id,
         verified_by: e.verified_by,
+        request: e.request,
     }
 }
 
@@ -75,15 +76,28 @@ async fn consume(
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch_size)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(2))
+        .expires(Duration::from_secs(5))
         .messages()
         .await?;
     let mut batch = Vec::with_capacity(batch_size);
     loop {
         let first = tokio::select! {
             m = messages.next() => m,
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                // Record what was already delivered to this recorder rather than leave it to
+                // be redelivered after the ack wait.
+                while let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_millis(100), messages.next()).await
+                {
+                    batch.push(m);
+                    if batch.len() >= batch_size {
+                        recorded.inc_by(record(pool, &mut batch).await);
+                    }
+                }
+                recorded.inc_by(record(pool, &mut batch).await);
+                return Ok(());
+            }
         };
         match first {
             Some(m) => batch.push(m?),

@@ -135,7 +135,7 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                     .payload(s.payload.clone().into())
                     .headers(envelope.to_headers())
                     .message_id(envelope.task_id.as_str());
-                let subject = layout.task_subject(envelope.priority, &s.project_id, code_id);
+                let subject = layout.subject_for(&envelope);
                 // Not durable means not run: leave the schedule as it is and try next tick.
                 js.send_publish(subject, message).await?.await?;
             }

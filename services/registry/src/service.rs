@@ -105,9 +105,7 @@ impl RegistryService {
         envelope: &workhook_core::Envelope,
         payload: Vec<u8>,
     ) -> Result<(), Status> {
-        let subject =
-            self.layout
-                .task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);
+        let subject = self.layout.subject_for(envelope);
         let message = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .headers(envelope.to_headers())

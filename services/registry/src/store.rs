@@ -366,6 +366,7 @@ where
     let mut retry_count = Vec::with_capacity(batch.len());
     let mut schedule_id = Vec::with_capacity(batch.len());
     let mut verified_by = Vec::with_capacity(batch.len());
+    let mut request = Vec::with_capacity(batch.len());
     for q in batch {
         let e = q.envelope;
         id.push(e.task_id.as_str());
@@ -385,20 +386,21 @@ where
         retry_count.push(e.retry_count);
         schedule_id.push(e.schedule_id.as_deref());
         verified_by.push(e.verified_by.as_deref());
+        request.push(e.request.as_deref());
     }
     let done = sqlx::query(
         "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
             delay, label, cluster, source, payload, created_at, updated_at, retry_of, retry_count,
-            schedule_id, verified_by)
+            schedule_id, verified_by, request)
          SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
             cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0),
-            retry_of, retry_count, schedule_id, verified_by
+            retry_of, retry_count, schedule_id, verified_by, request
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int2[],
             $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[],
-            $14::text[], $15::int4[], $16::text[], $17::text[])
+            $14::text[], $15::int4[], $16::text[], $17::text[], $18::text[])
             AS q(id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
                  cluster, source, payload, received, retry_of, retry_count, schedule_id,
-                 verified_by)
+                 verified_by, request)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
@@ -418,6 +420,7 @@ where
     .bind(retry_count)
     .bind(schedule_id)
     .bind(verified_by)
+    .bind(request)
     .execute(executor)
     .await?;
     Ok(done.rows_affected())

@@ -386,6 +386,7 @@ fn envelope_to_pb(e: &Envelope) -> pb::Envelope {
         retry_count: e.retry_count as i32,
         schedule_id: e.schedule_id.clone(),
         verified_by: e.verified_by.clone(),
+        request: e.request.clone(),
     }
 }
 

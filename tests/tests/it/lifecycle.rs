@@ -181,6 +181,7 @@ async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_
         retry_count: 0,
         schedule_id: None,
         verified_by: None,
+        request: None,
     };
     let mut registry = stack.registry().await;
     let start = |runner: &str, lease_ms: i64| pb::StartTaskRequest {
@@ -315,5 +316,52 @@ sleep 2
     assert_eq!(
         stack.wait_done(&other, &foreign, WITHIN).await["percent"],
         100
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_holds_nothing_while_it_waits_survives_restarts_and_starts_on_time() {
+    let mut stack = Stack::start().await;
+    let p = stack.create_project("delayed").await;
+    stack.upload_script(&p, "now", "date +%s%3N").await;
+    let queued_at = chrono::Utc::now().timestamp_millis();
+    let id = stack
+        .queue(&p, json!({"code_name": "now", "delay": 4, "priority": 2}))
+        .await;
+    // While it waits, no runner consumer holds it (pending or delivered) and no slot runs it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream_name = format!("{}_TASKS", stack.prefix.to_uppercase());
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    for priority in [2u8, 1, 0] {
+        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(&workhook_core::stream::runner_consumer(priority))
+            .await
+            .unwrap();
+        let info = consumer.get_info().await.unwrap();
+        assert_eq!(
+            (info.num_pending, info.num_ack_pending),
+            (0, 0),
+            "p{priority}"
+        );
+    }
+    assert_eq!(stack.task(&p, &id).await["status"], "queued");
+    // Every component restarts meanwhile.
+    stack.stop_registry().await.unwrap();
+    stack.stop_runner(0).await.unwrap();
+    stack.start_registry_again().await;
+    stack.add_runner();
+    let task = stack.wait_done(&p, &id, WITHIN).await;
+    assert_eq!(task["status"], "complete", "{task}");
+    let ran_at: i64 = String::from_utf8_lossy(&stack.log(&p, &id).await)
+        .trim()
+        .parse()
+        .unwrap();
+    let late = ran_at - (queued_at + 4_000);
+    eprintln!("started {late} ms after its time");
+    assert!(
+        (0..1_500).contains(&late),
+        "started {late} ms after its time"
     );
 }
