@@ -384,6 +384,7 @@ pub struct Stack {
     pub runner_admins: Vec<String>,
     registry_config: workhook_registry::Config,
     registry: Service,
+    extra_registries: Vec<Service>,
     ingress: Service,
     runners: Vec<IsolatedService>,
     runner_dir: tempfile::TempDir,
@@ -469,6 +470,7 @@ impl Stack {
             ingress_admin: ingress_admin_url,
             runner_admins: Vec::new(),
             registry,
+            extra_registries: Vec::new(),
             ingress,
             runners: Vec::new(),
             runner_dir: tempfile::tempdir().unwrap(),
@@ -532,6 +534,18 @@ impl Stack {
 
     pub async fn stop_registry(&mut self) -> anyhow::Result<()> {
         self.registry.shutdown().await
+    }
+
+    /// Starts another registry replica on the same database and NATS (its own port), as a
+    /// deployment with several would run: they share the recorder, the scheduler's lock and the
+    /// release of delayed tasks.
+    pub async fn add_registry(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = self.registry_config.clone();
+        config.grpc_addr = listener.local_addr().unwrap();
+        self.extra_registries.push(Service::spawn(|stop| {
+            workhook_registry::run(config, listener, None, stop)
+        }));
     }
 
     /// Starts the registry again on the address it had, after `stop_registry`.

@@ -28,6 +28,8 @@ pub struct ScheduleInput {
     end_at: Option<Value>,
     run_every: Option<f64>,
     run_times: Option<f64>,
+    /// A cron expression with seconds (workhook's addition).
+    cron: Option<String>,
     #[serde(flatten)]
     options: RawOptions,
 }
@@ -73,6 +75,19 @@ impl ScheduleInput {
         if end_at > 0 && start_at > 0 && end_at < start_at {
             return Err(ApiError::BadRequest("end_at is before start_at".into()));
         }
+        let cron = self.cron.unwrap_or_default();
+        if !cron.is_empty() {
+            if run_every > 0 {
+                return Err(ApiError::BadRequest(
+                    "give run_every or cron, not both".into(),
+                ));
+            }
+            <cron::Schedule as std::str::FromStr>::from_str(&cron).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "cron must be \"sec min hour day month weekday [year]\": {e}"
+                ))
+            })?;
+        }
         let options = self.options.validate(0)?;
         let payload = match self.payload {
             None | Some(Value::Null) => Bytes::new(),
@@ -92,6 +107,7 @@ impl ScheduleInput {
             delay: options.delay as i32,
             cluster: options.cluster,
             label: options.label,
+            cron,
         })
     }
 }

@@ -189,6 +189,8 @@ pub struct ScheduleView {
     pub delay: i32,
     pub cluster: String,
     pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -217,6 +219,7 @@ impl From<pb::Schedule> for ScheduleView {
             delay: spec.delay,
             cluster: spec.cluster,
             label: spec.label,
+            cron: (!spec.cron.is_empty()).then_some(spec.cron),
             created_at: time(s.created_at),
             updated_at: time(s.updated_at),
         }

@@ -46,6 +46,7 @@ struct Due {
     end_at: Option<DateTime<Utc>>,
     run_every: Option<i32>,
     run_times: Option<i32>,
+    cron: Option<String>,
     priority: i16,
     timeout: i32,
     delay: i32,
@@ -56,6 +57,12 @@ struct Due {
     code_id: Option<String>,
     code_rev: Option<i32>,
     code_paused: Option<bool>,
+}
+
+/// The first time after `after` that a cron expression (with seconds) names.
+pub fn next_cron(expr: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use std::str::FromStr;
+    cron::Schedule::from_str(expr).ok()?.after(&after).next()
 }
 
 /// The next start after `now`, whole periods after `from` (missed runs are skipped, not
@@ -81,7 +88,7 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
     }
     let due: Vec<Due> = sqlx::query_as(
         "SELECT s.id, s.project_id, s.code_name, s.payload, s.end_at, s.run_every, s.run_times,
-            s.priority, s.timeout, s.delay, s.cluster, s.label, s.run_count, s.next_start,
+            s.cron, s.priority, s.timeout, s.delay, s.cluster, s.label, s.run_count, s.next_start,
             c.id AS code_id, c.rev AS code_rev, c.paused AS code_paused
          FROM schedules s
          LEFT JOIN codes c ON c.project_id = s.project_id AND c.name = s.code_name
@@ -144,10 +151,14 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                 msg = format!("Code {} not found.", s.code_name);
             }
         }
-        let finished = s.run_every.is_none() || s.run_times.is_some_and(|max| run >= max);
-        let next = s
-            .run_every
-            .map(|every| next_start(s.next_start, i64::from(every), now));
+        let cron = s.cron.as_deref().filter(|c| !c.is_empty());
+        let finished =
+            (s.run_every.is_none() && cron.is_none()) || s.run_times.is_some_and(|max| run >= max);
+        let next = match (cron, s.run_every) {
+            (Some(expr), _) => next_cron(expr, now),
+            (None, Some(every)) => Some(next_start(s.next_start, i64::from(every), now)),
+            (None, None) => None,
+        };
         let past_end = matches!((next, s.end_at), (Some(n), Some(end)) if n > end);
         let (status, final_msg) = if finished {
             ("complete", "Ran max times.".to_string())
@@ -181,6 +192,20 @@ mod tests {
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(s, 0).unwrap()
+    }
+
+    #[test]
+    fn cron_expressions_name_the_next_time() {
+        // Every 5 minutes, on the minute.
+        assert_eq!(
+            next_cron("0 */5 * * * *", t(1_700_000_000)),
+            Some(t(1_700_000_100))
+        );
+        assert_eq!(
+            next_cron("* * * * * *", t(1_700_000_000)),
+            Some(t(1_700_000_001))
+        );
+        assert_eq!(next_cron("not cron", t(0)), None);
     }
 
     #[test]

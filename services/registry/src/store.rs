@@ -1052,6 +1052,7 @@ struct ScheduleRow {
     delay: i32,
     cluster: String,
     label: Option<String>,
+    cron: Option<String>,
     status: String,
     msg: String,
     run_count: i32,
@@ -1080,6 +1081,7 @@ impl From<ScheduleRow> for pb::Schedule {
                 delay: r.delay,
                 cluster: r.cluster,
                 label: r.label,
+                cron: r.cron.unwrap_or_default(),
             }),
             status: r.status,
             msg: r.msg,
@@ -1110,9 +1112,8 @@ pub async fn create_schedules(
         let id = ids::new_id();
         sqlx::query(
             "INSERT INTO schedules (id, project_id, code_name, name, payload, start_at, end_at,
-                run_every, run_times, priority, timeout, delay, cluster, label, next_start)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                COALESCE($6, now()))",
+                run_every, run_times, priority, timeout, delay, cluster, label, cron, next_start)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&id)
         .bind(project_id)
@@ -1128,6 +1129,8 @@ pub async fn create_schedules(
         .bind(spec.delay)
         .bind(&spec.cluster)
         .bind(&spec.label)
+        .bind((!spec.cron.is_empty()).then_some(&spec.cron))
+        .bind(first_start(spec)?)
         .execute(&mut *tx)
         .await?;
         ids.push(id);
@@ -1173,9 +1176,8 @@ pub async fn update_schedule(
     let done = sqlx::query(
         "UPDATE schedules SET code_name = $3, name = $4, payload = $5, start_at = $6, end_at = $7,
             run_every = $8, run_times = $9, priority = $10, timeout = $11, delay = $12,
-            cluster = $13, label = $14, updated_at = now(),
-            next_start = CASE WHEN run_count = 0 THEN COALESCE($6, now()) ELSE next_start END
-         WHERE project_id = $1 AND id = $2",
+            cluster = $13, label = $14, cron = $15, updated_at = now(), next_start = $16
+         WHERE project_id = $1 AND id = $2 AND status = 'scheduled'",
     )
     .bind(project_id)
     .bind(schedule_id)
@@ -1191,12 +1193,25 @@ pub async fn update_schedule(
     .bind(spec.delay)
     .bind(&spec.cluster)
     .bind(&spec.label)
+    .bind((!spec.cron.is_empty()).then_some(&spec.cron))
+    .bind(first_start(spec)?)
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
         return Err(RegistryError::NotFound("schedule"));
     }
     Ok(())
+}
+
+/// When a new (or updated) schedule first runs: its start_at (now if unset), or for a cron
+/// schedule the first time the expression names at or after that.
+fn first_start(spec: &pb::ScheduleSpec) -> Result<DateTime<Utc>> {
+    let from = ts(spec.start_at).unwrap_or_else(Utc::now).max(Utc::now());
+    if spec.cron.is_empty() {
+        return Ok(ts(spec.start_at).unwrap_or_else(Utc::now));
+    }
+    crate::scheduler::next_cron(&spec.cron, from - chrono::Duration::seconds(1))
+        .ok_or_else(|| RegistryError::InvalidArgument("cron names no time in the future".into()))
 }
 
 pub async fn cancel_schedule(pool: &PgPool, project_id: &str, schedule_id: &str) -> Result<()> {

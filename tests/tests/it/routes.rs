@@ -391,3 +391,52 @@ async fn a_due_schedule_queues_one_task_that_carries_its_id() {
     stack.wait_done(&p, task_id, WITHIN).await;
     assert_eq!(&stack.log(&p, task_id).await[..], b"tick");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_on_several_registries_queues_each_run_exactly_once() {
+    let mut stack = Stack::start().await;
+    stack.add_registry().await;
+    stack.add_registry().await;
+    let p = stack.create_project("cron").await;
+    stack.upload_script(&p, "w", "true").await;
+    let r = post_json(
+        &stack,
+        &p,
+        "/schedules",
+        json!({"schedules": [{"code_name": "w", "cron": "* * * * * *", "run_times": 4}]}),
+    )
+    .await;
+    let id = json_of(r, 200).await["schedules"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = std::time::Instant::now() + WITHIN;
+    let schedule = loop {
+        let s = json_of(stack.get(&p, &format!("/schedules/{id}")).await, 200).await;
+        if s["status"] == "complete" {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "{s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(schedule["run_count"], 4);
+    assert_eq!(schedule["cron"], "* * * * * *");
+    let tasks = json_of(stack.get(&p, "/tasks").await, 200).await;
+    let tasks = tasks["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4, "one task per run, none doubled: {tasks:?}");
+    let mut ids: Vec<&str> = tasks.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+    for t in tasks {
+        assert_eq!(t["schedule_id"], id.as_str());
+    }
+    // Both run_every and cron, or a bad expression, are refused.
+    for bad in [
+        json!({"code_name": "w", "cron": "* * * * * *", "run_every": 60}),
+        json!({"code_name": "w", "cron": "every day"}),
+    ] {
+        let r = post_json(&stack, &p, "/schedules", json!({"schedules": [bad]})).await;
+        assert_eq!(r.status(), 400);
+    }
+}
