@@ -58,8 +58,16 @@ enum Command {
     /// Code packages
     #[command(subcommand)]
     Code(CodeCommand),
-    /// Print the URL to paste into a third party so that its webhooks run CODE_NAME
-    WebhookUrl { code_name: String },
+    /// Print the URL to paste into a third party so that its webhooks run CODE_NAME. It carries
+    /// a new webhook token that can only queue CODE_NAME's tasks (revocable); --project-token
+    /// prints the old-style URL with the project token instead.
+    WebhookUrl {
+        code_name: String,
+        /// Put the project token in the URL (as `iron_worker webhook` did) instead of a new
+        /// webhook token
+        #[arg(long)]
+        project_token: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,8 +169,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::WebhookUrl { code_name } => {
-            println!("{}", webhook_url(&s, &code_name)?);
+        Command::WebhookUrl {
+            code_name,
+            project_token,
+        } => {
+            if project_token {
+                println!("{}", webhook_url(&s, &code_name)?);
+            } else {
+                println!("{}", scoped_webhook_url(&s, &code_name).await?);
+            }
         }
         Command::Code(CodeCommand::Upload {
             path,
@@ -232,6 +247,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mints a webhook token for the code and returns the URL that carries it.
+async fn scoped_webhook_url(s: &Settings, code_name: &str) -> anyhow::Result<String> {
+    let (project, token) = s.credentials()?;
+    let client = reqwest::Client::new();
+    let mut code_id = None;
+    for page in 0..=100 {
+        let answer = client
+            .get(format!(
+                "{}/2/projects/{project}/codes?per_page=100&page={page}",
+                s.url
+            ))
+            .header("Authorization", format!("OAuth {token}"))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach workhook at {}", s.url))?;
+        let body = answer_json(answer).await?;
+        let codes = body["codes"].as_array().cloned().unwrap_or_default();
+        if let Some(code) = codes.iter().find(|c| c["name"] == code_name) {
+            code_id = code["id"].as_str().map(str::to_string);
+            break;
+        }
+        if codes.len() < 100 {
+            break;
+        }
+    }
+    let code_id = code_id.with_context(|| {
+        format!("no code named {code_name:?}: upload it first (workhook code upload)")
+    })?;
+    let answer = client
+        .post(format!(
+            "{}/2/projects/{project}/codes/{code_id}/webhook_tokens",
+            s.url
+        ))
+        .header("Authorization", format!("OAuth {token}"))
+        .send()
+        .await?;
+    let body = answer_json(answer).await?;
+    let path = body["webhook_path"]
+        .as_str()
+        .context("workhook answered without a webhook path")?;
+    let base = s
+        .public_url
+        .as_deref()
+        .unwrap_or(&s.url)
+        .trim_end_matches('/');
+    Ok(format!("{base}{path}"))
 }
 
 async fn answer_json(answer: reqwest::Response) -> anyhow::Result<Value> {

@@ -216,13 +216,13 @@ async fn queue_webhook(
     body: Body,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
-    app.authorize(&project_id, &headers, q.oauth.as_deref())
-        .await?;
-    app.rate_limit(&project_id)?;
     let code_name = q
         .code_name
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::BadRequest("code_name is required".into()))?;
+    app.authorize_webhook(&project_id, &code_name, &headers, q.oauth.as_deref())
+        .await?;
+    app.rate_limit(&project_id)?;
     let code = app.code(&project_id, &code_name).await?;
     let options = RawOptions {
         priority: number(q.priority, "priority")?,

@@ -240,3 +240,81 @@ pub async fn cancel_all(
         .cancelled;
     Ok(Json(json!({ "msg": "Cancelled", "cancelled": cancelled })))
 }
+
+/// `POST /2/projects/{P}/codes/{C}/webhook_tokens`: a token good only for this code's webhook,
+/// shown once, with the webhook URL that carries it.
+pub async fn create_webhook_token(
+    State(app): State<App>,
+    Path((project_id, code_id)): CodePath,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    let code = app
+        .registry
+        .clone()
+        .get_code(code_request(project_id.clone(), code_id.clone()))
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Code"))?
+        .into_inner();
+    let token = app
+        .registry
+        .clone()
+        .create_webhook_token(code_request(project_id.clone(), code_id))
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Code"))?
+        .into_inner();
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let path = format!(
+        "/2/projects/{project_id}/tasks/webhook?code_name={}&oauth={}",
+        utf8_percent_encode(&code.name, NON_ALPHANUMERIC),
+        token.token
+    );
+    Ok(Json(json!({
+        "id": token.id,
+        "token": token.token,
+        "webhook_path": path,
+        "msg": "Created",
+    })))
+}
+
+/// `GET /2/projects/{P}/codes/{C}/webhook_tokens`: the code's webhook tokens (ids, not secrets).
+pub async fn list_webhook_tokens(
+    State(app): State<App>,
+    Path((project_id, code_id)): CodePath,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    let tokens = app
+        .registry
+        .clone()
+        .list_webhook_tokens(code_request(project_id, code_id))
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Code"))?
+        .into_inner()
+        .tokens;
+    let tokens: Vec<Value> = tokens
+        .into_iter()
+        .map(|t| json!({"id": t.id, "created_at": crate::views::time(t.created_at)}))
+        .collect();
+    Ok(Json(json!({ "webhook_tokens": tokens })))
+}
+
+/// `DELETE /2/projects/{P}/codes/{C}/webhook_tokens/{T}`: revokes it (ingresses that checked
+/// it recently accept it for at most their cache TTL more).
+pub async fn revoke_webhook_token(
+    State(app): State<App>,
+    Path((project_id, code_id, token_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    app.authorize(&project_id, &headers, None).await?;
+    app.registry
+        .clone()
+        .revoke_webhook_token(pb::RevokeWebhookTokenRequest {
+            project_id,
+            code_id,
+            token_id,
+        })
+        .await
+        .map_err(|s| ApiError::from_registry(s, "Webhook token"))?;
+    Ok(Json(json!({ "msg": "Revoked" })))
+}

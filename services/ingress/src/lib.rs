@@ -98,6 +98,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(codes::cancel_all),
         )
         .route(
+            "/2/projects/{project_id}/codes/{code_id}/webhook_tokens",
+            get(codes::list_webhook_tokens).post(codes::create_webhook_token),
+        )
+        .route(
+            "/2/projects/{project_id}/codes/{code_id}/webhook_tokens/{token_id}",
+            axum::routing::delete(codes::revoke_webhook_token),
+        )
+        .route(
             "/2/projects/{project_id}/schedules",
             get(schedules::list).post(schedules::create),
         )

@@ -114,15 +114,44 @@ impl AppState {
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> ApiResult<()> {
+        self.check_token(project_id, None, headers, query_token)
+            .await
+    }
+
+    /// For a code's webhook: a project token, or a webhook token of that code.
+    pub async fn authorize_webhook(
+        &self,
+        project_id: &str,
+        code_name: &str,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> ApiResult<()> {
+        self.check_token(project_id, Some(code_name), headers, query_token)
+            .await
+    }
+
+    async fn check_token(
+        &self,
+        project_id: &str,
+        code_name: Option<&str>,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> ApiResult<()> {
         let token = token_from(headers)
             .or(query_token)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let key = (
-            project_id.to_string(),
-            workhook_core::token::hash_token(token),
-        );
-        if self.tokens.get(&key).is_some() {
+        let hash = workhook_core::token::hash_token(token);
+        let project_key = (project_id.to_string(), hash);
+        if self.tokens.get(&project_key).is_some() {
+            return Ok(());
+        }
+        // What a webhook token was confirmed for: "project/code".
+        let key = match code_name {
+            Some(name) => (format!("{project_id}/{name}"), hash),
+            None => project_key,
+        };
+        if code_name.is_some() && self.tokens.get(&key).is_some() {
             return Ok(());
         }
         if !workhook_core::ids::is_id(project_id) {
@@ -135,6 +164,7 @@ impl AppState {
                 project_id: project_id.to_string(),
                 token: token.to_string(),
                 task_id: None,
+                code_name: code_name.map(str::to_string),
             })
             .await
             .map_err(|s| ApiError::from_registry(s, "project"));
@@ -170,6 +200,7 @@ impl AppState {
                 project_id: project_id.to_string(),
                 token: token.to_string(),
                 task_id: Some(task_id.to_string()),
+                code_name: None,
             })
             .await
             .map_err(|s| ApiError::from_registry(s, "project"))?;

@@ -175,6 +175,13 @@ impl Registry for RegistryService {
         if store::authenticate(&self.pool, &req.project_id, &req.token).await? {
             return Ok(Response::new(pb::AuthenticateResponse {}));
         }
+        if let Some(code_name) = req.code_name.as_deref() {
+            if store::authenticate_webhook(&self.pool, &req.project_id, code_name, &req.token)
+                .await?
+            {
+                return Ok(Response::new(pb::AuthenticateResponse {}));
+            }
+        }
         if let Some(task_id) = req.task_id.as_deref().filter(|t| ids::is_id(t)) {
             if store::authenticate_task(&self.pool, &req.project_id, task_id, &req.token).await? {
                 return Ok(Response::new(pb::AuthenticateResponse {}));
@@ -473,6 +480,39 @@ impl Registry for RegistryService {
         let req = req.into_inner();
         need_id("schedule", &req.schedule_id)?;
         store::cancel_schedule(&self.pool, &req.project_id, &req.schedule_id).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn create_webhook_token(
+        &self,
+        req: Request<pb::CodeRequest>,
+    ) -> Result<Response<pb::WebhookToken>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        Ok(Response::new(
+            store::create_webhook_token(&self.pool, &req.project_id, &req.code_id).await?,
+        ))
+    }
+
+    async fn list_webhook_tokens(
+        &self,
+        req: Request<pb::CodeRequest>,
+    ) -> Result<Response<pb::ListWebhookTokensResponse>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        let tokens = store::list_webhook_tokens(&self.pool, &req.project_id, &req.code_id).await?;
+        Ok(Response::new(pb::ListWebhookTokensResponse { tokens }))
+    }
+
+    async fn revoke_webhook_token(
+        &self,
+        req: Request<pb::RevokeWebhookTokenRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        need_id("code", &req.code_id)?;
+        need_id("webhook token", &req.token_id)?;
+        store::revoke_webhook_token(&self.pool, &req.project_id, &req.code_id, &req.token_id)
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 

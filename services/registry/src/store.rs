@@ -60,15 +60,105 @@ pub async fn authenticate_task(
     Ok(found.is_some())
 }
 
+/// Whether `token` is a webhook token of the project's code `code_name`.
+pub async fn authenticate_webhook(
+    pool: &PgPool,
+    project_id: &str,
+    code_name: &str,
+    token: &str,
+) -> Result<bool> {
+    let hash = workhook_core::token::hash_token(token);
+    let found: Option<(String,)> = sqlx::query_as(
+        "SELECT t.id FROM tokens t JOIN codes c ON c.id = t.code_id
+         WHERE t.hash = $1 AND t.project_id = $2 AND c.name = $3",
+    )
+    .bind(&hash[..])
+    .bind(project_id)
+    .bind(code_name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
+}
+
+pub async fn create_webhook_token(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+) -> Result<pb::WebhookToken> {
+    code(pool, project_id, code_id).await?;
+    let id = ids::new_id();
+    let token = workhook_core::token::new_token();
+    let (created_at,): (DateTime<Utc>,) = sqlx::query_as(
+        "INSERT INTO tokens (hash, project_id, id, code_id) VALUES ($1, $2, $3, $4)
+         RETURNING created_at",
+    )
+    .bind(&workhook_core::token::hash_token(&token)[..])
+    .bind(project_id)
+    .bind(&id)
+    .bind(code_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(pb::WebhookToken {
+        id,
+        code_id: code_id.to_string(),
+        token,
+        created_at: ms(created_at),
+    })
+}
+
+pub async fn list_webhook_tokens(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+) -> Result<Vec<pb::WebhookToken>> {
+    code(pool, project_id, code_id).await?;
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, created_at FROM tokens WHERE project_id = $1 AND code_id = $2
+         ORDER BY created_at, id",
+    )
+    .bind(project_id)
+    .bind(code_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, created_at)| pb::WebhookToken {
+            id,
+            code_id: code_id.to_string(),
+            token: String::new(),
+            created_at: ms(created_at),
+        })
+        .collect())
+}
+
+pub async fn revoke_webhook_token(
+    pool: &PgPool,
+    project_id: &str,
+    code_id: &str,
+    token_id: &str,
+) -> Result<()> {
+    let done = sqlx::query("DELETE FROM tokens WHERE project_id = $1 AND code_id = $2 AND id = $3")
+        .bind(project_id)
+        .bind(code_id)
+        .bind(token_id)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(RegistryError::NotFound("webhook token"));
+    }
+    Ok(())
+}
+
 /// Whether `token` grants access to `project_id`.
 pub async fn authenticate(pool: &PgPool, project_id: &str, token: &str) -> Result<bool> {
     let hash = workhook_core::token::hash_token(token);
-    let found: Option<(String,)> =
-        sqlx::query_as("SELECT project_id FROM tokens WHERE hash = $1 AND project_id = $2")
-            .bind(&hash[..])
-            .bind(project_id)
-            .fetch_optional(pool)
-            .await?;
+    let found: Option<(String,)> = sqlx::query_as(
+        "SELECT project_id FROM tokens WHERE hash = $1 AND project_id = $2 AND code_id IS NULL",
+    )
+    .bind(&hash[..])
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
     Ok(found.is_some())
 }
 

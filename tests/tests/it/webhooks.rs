@@ -189,3 +189,94 @@ async fn the_worker_sees_the_request_headers_but_no_credentials() {
     assert!(!text.contains("session=secret"), "a cookie leaked: {text}");
     assert!(request["headers"].get("authorization").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_token_queues_only_its_codes_tasks_and_can_be_revoked() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("scoped").await;
+    let hooked = stack.upload_script(&p, "hooked", "true").await;
+    stack.upload_script(&p, "other", "true").await;
+    let code_id = hooked["id"].as_str().unwrap();
+    let r = stack
+        .client
+        .post(stack.url(&format!(
+            "/2/projects/{}/codes/{code_id}/webhook_tokens",
+            p.id
+        )))
+        .header("Authorization", format!("OAuth {}", p.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let minted: Value = r.json().await.unwrap();
+    let token = minted["token"].as_str().unwrap().to_string();
+    let path = minted["webhook_path"].as_str().unwrap().to_string();
+    assert!(path.ends_with(&format!("oauth={token}")), "{path}");
+    let scoped = Project {
+        id: p.id.clone(),
+        token: token.clone(),
+    };
+
+    // Its code's webhook: yes.
+    let r = stack
+        .client
+        .post(stack.url(&path))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Another code's webhook, the JSON API, reading tasks or codes: no.
+    assert_eq!(stack.webhook(&scoped, "other", "x").await.status(), 401);
+    assert_eq!(stack.get(&scoped, "/tasks").await.status(), 401);
+    assert_eq!(stack.get(&scoped, "/codes").await.status(), 401);
+    let r = stack
+        .client
+        .post(stack.url(&format!("/2/projects/{}/tasks", p.id)))
+        .header("Authorization", format!("OAuth {token}"))
+        .json(&json!({"tasks": [{"code_name": "hooked"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The project token still works in ?oauth= (compatibility).
+    assert_eq!(stack.webhook(&p, "hooked", "x").await.status(), 200);
+
+    // Listed per code (without the secret), and revocable.
+    let list: Value = stack
+        .get(&p, &format!("/codes/{code_id}/webhook_tokens"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = list["webhook_tokens"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], minted["id"]);
+    assert!(!list.to_string().contains(&token));
+    let r = stack
+        .client
+        .delete(stack.url(&format!(
+            "/2/projects/{}/codes/{code_id}/webhook_tokens/{}",
+            p.id,
+            minted["id"].as_str().unwrap()
+        )))
+        .header("Authorization", format!("OAuth {}", p.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Once the ingress's cache (5 s here) forgets it, the token is refused.
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    let r = stack
+        .client
+        .post(stack.url(&path))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
