@@ -174,7 +174,13 @@ impl AppState {
                 Ok(())
             }
             // The registry is away: a token it confirmed recently is still good.
-            Err(ApiError::Unavailable(_)) if self.tokens.get_stale(&key, STALE_FOR).is_some() => {
+            Err(ApiError::Unavailable(_))
+                if self.tokens.get_stale(&key, STALE_FOR).is_some()
+                    || self
+                        .tokens
+                        .get_stale(&(project_id.to_string(), hash), STALE_FOR)
+                        .is_some() =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
