@@ -560,6 +560,15 @@ impl Registry for RegistryService {
         Ok(Response::new(pb::HeartbeatResponse { keep_running }))
     }
 
+    async fn release_task(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        store::release_task(&self.pool, &req.task_id, req.attempt).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn append_log(
         &self,
         req: Request<pb::AppendLogRequest>,

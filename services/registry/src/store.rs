@@ -689,6 +689,20 @@ async fn lock_for_start(
     .await?)
 }
 
+/// Puts a running attempt's task back in the queue (its runner is stopping).
+pub async fn release_task(pool: &PgPool, task_id: &str, attempt: i32) -> Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET status = 'queued', lease_expires_at = NULL, updated_at = now(),
+            msg = 'Handed back by a stopping runner'
+         WHERE id = $1 AND attempt = $2 AND status = 'running'",
+    )
+    .bind(task_id)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Renews the lease of a running attempt. False when the attempt no longer holds the task.
 pub async fn heartbeat(pool: &PgPool, task_id: &str, attempt: i32, lease_ms: i64) -> Result<bool> {
     let done = sqlx::query(

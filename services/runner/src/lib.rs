@@ -478,9 +478,21 @@ impl Runner {
             ),
         };
         if abandoned {
-            // Shutting down: hand the task back. Another runner takes it over once the
-            // registry's lease lapses.
+            // Shutting down past the drain deadline: hand the task back, so the next runner
+            // takes it at once (if this fails, it does once the lease lapses).
             keeper.abort();
+            let released = self
+                .registry
+                .clone()
+                .release_task(pb::HeartbeatRequest {
+                    task_id: task_id.clone(),
+                    attempt,
+                    lease_ms: 0,
+                })
+                .await;
+            if let Err(e) = released {
+                tracing::warn!(%task_id, error = %e, "handing the task back failed; its lease will lapse");
+            }
             nak(&message, Duration::ZERO).await;
             return;
         }
