@@ -25,6 +25,8 @@ pub const SCHEDULE_ID: &str = "Workhook-Schedule-Id";
 pub const VERIFIED_BY: &str = "Workhook-Verified-By";
 /// The webhook request's method, query, content type and headers, as JSON, for the worker.
 pub const REQUEST: &str = "Workhook-Request";
+/// The payload is not the message body but this object in the payload bucket.
+pub const PAYLOAD_REF: &str = "Workhook-Payload-Ref";
 
 /// Free-text values (names, labels) are percent-encoded so that no byte can break a header.
 const FREE_TEXT: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
@@ -88,6 +90,8 @@ pub struct Envelope {
     pub verified_by: Option<String>,
     /// What the worker sees of the webhook request (JSON), besides its body.
     pub request: Option<String>,
+    /// The object holding the payload when it is too large for the message.
+    pub payload_ref: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,6 +136,9 @@ impl Envelope {
         }
         if let Some(request) = &self.request {
             h.insert(REQUEST, encode(request).as_str());
+        }
+        if let Some(object) = &self.payload_ref {
+            h.insert(PAYLOAD_REF, object.as_str());
         }
         h
     }
@@ -195,6 +202,10 @@ impl Envelope {
                 Some(v) => Some(decode(v.as_str(), REQUEST)?),
                 None => None,
             },
+            payload_ref: match h.get(PAYLOAD_REF) {
+                Some(_) => Some(id(PAYLOAD_REF)?),
+                None => None,
+            },
         })
     }
 
@@ -238,6 +249,7 @@ mod tests {
             schedule_id: Some(ids::new_id()),
             verified_by: Some("github".into()),
             request: Some("{\"headers\":{\"x\":\"a b\\r\\n\"}}".into()),
+            payload_ref: Some(ids::new_id()),
         }
     }
 
@@ -258,6 +270,7 @@ mod tests {
         no_label.schedule_id = None;
         no_label.verified_by = None;
         no_label.request = None;
+        no_label.payload_ref = None;
         assert_eq!(
             Envelope::from_headers(Some(&no_label.to_headers())).unwrap(),
             no_label

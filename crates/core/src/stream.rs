@@ -121,6 +121,34 @@ impl Layout {
         }
     }
 
+    /// The object store bucket for payloads too large for a message: `<PREFIX>_PAYLOADS`.
+    pub fn payload_bucket(&self) -> String {
+        self.stream.replace("_TASKS", "_PAYLOADS")
+    }
+
+    /// The payload bucket, created if missing. Objects live 30 days: past the longest delay
+    /// (7 days) and any retries.
+    pub async fn ensure_payload_bucket(
+        &self,
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<jetstream::object_store::ObjectStore, async_nats::Error> {
+        let bucket = self.payload_bucket();
+        if let Ok(store) = js.get_object_store(&bucket).await {
+            return Ok(store);
+        }
+        Ok(js
+            .create_object_store(jetstream::object_store::Config {
+                bucket,
+                description: Some("webhook bodies too large for a message".into()),
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                storage: stream::StorageType::File,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await?)
+    }
+
     /// The recorder's consumer: every task.
     pub fn recorder_config(&self) -> pull::Config {
         pull::Config {
@@ -183,6 +211,7 @@ mod tests {
     fn names_follow_the_prefix() {
         let l = Layout::new("wh-test_1").unwrap();
         assert_eq!(l.stream(), "WH_TEST_1_TASKS");
+        assert_eq!(l.payload_bucket(), "WH_TEST_1_PAYLOADS");
         assert_eq!(l.all_tasks(), "wh-test_1.tasks.>");
         assert_eq!(l.priority_tasks(1), "wh-test_1.tasks.p1.>");
         assert_eq!(runner_consumer(2), "runners-p2");

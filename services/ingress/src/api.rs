@@ -121,6 +121,7 @@ pub(crate) fn envelope(
         schedule_id: None,
         verified_by: None,
         request: None,
+        payload_ref: None,
     }
 }
 
@@ -260,7 +261,7 @@ async fn queue_webhook(
     }
     envelope.verified_by = verified.map(|v| v.scheme.to_string());
     envelope.request = Some(worker_request(&method, &uri, &headers));
-    app.publish(&envelope, payload).await?;
+    app.publish_large(&mut envelope, payload).await?;
     Ok(Json(json!({ "id": envelope.task_id, "msg": "Queued up." })))
 }
 
@@ -354,7 +355,7 @@ pub async fn queue_tasks(
 ) -> ApiResult<Json<Value>> {
     app.authorize(&project_id, &headers, None).await?;
     require_json(&headers)?;
-    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let body = read_body(&headers, body, app.max_json_bytes).await?;
     let request: QueueRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     let tasks = request
@@ -787,7 +788,7 @@ pub async fn set_progress(
     app.authorize_for_task(&project_id, &task_id, &headers)
         .await?;
     require_json(&headers)?;
-    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let body = read_body(&headers, body, app.max_json_bytes).await?;
     let progress: ProgressRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     let percent = match progress.percent {
@@ -822,7 +823,7 @@ pub async fn retry_task(
 ) -> ApiResult<Json<Value>> {
     app.authorize(&project_id, &headers, None).await?;
     require_json(&headers)?;
-    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let body = read_body(&headers, body, app.max_json_bytes).await?;
     let retry: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RetryRequest::default()
     } else {
@@ -867,6 +868,7 @@ pub async fn retry_task(
         schedule_id: original.schedule_id,
         verified_by: None,
         request: None,
+        payload_ref: original.payload_ref,
     };
     app.publish(&envelope, original.payload).await?;
     Ok(Json(

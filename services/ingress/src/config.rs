@@ -46,10 +46,15 @@ pub struct Config {
     #[arg(long, env = "WORKHOOK_PUBLISH_TIMEOUT_MS", default_value_t = 2_000)]
     pub publish_timeout_ms: u64,
 
-    /// Largest webhook body, JSON request and task payload, in bytes; larger ones answer 413.
-    /// It must stay below the NATS server's max_payload (1 MiB by default).
-    #[arg(long, env = "WORKHOOK_MAX_BODY_BYTES", default_value_t = 960 * 1024)]
+    /// Largest webhook body, in bytes (GitHub's maximum is 25 MiB); larger ones answer 413.
+    #[arg(long, env = "WORKHOOK_MAX_BODY_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Webhook bodies larger than this travel through the JetStream object store instead of in
+    /// the task message; it is also the limit of JSON requests. Keep it under the NATS server's
+    /// max_payload (1 MiB by default) less room for headers.
+    #[arg(long, env = "WORKHOOK_INLINE_PAYLOAD_BYTES", default_value_t = 512 * 1024)]
+    pub inline_payload_bytes: usize,
 
     /// Largest code upload, in bytes.
     #[arg(long, env = "WORKHOOK_MAX_PACKAGE_BYTES", default_value_t = 64 * 1024 * 1024)]

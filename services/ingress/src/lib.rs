@@ -161,6 +161,15 @@ pub async fn run(
         )
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
+    let payloads = layout
+        .ensure_payload_bucket(&js, config.nats_replicas)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "creating the payload bucket {}: {e}",
+                layout.payload_bucket()
+            )
+        })?;
     let channel = Endpoint::from_shared(config.registry_url.clone())
         .context("WORKHOOK_REGISTRY_URL")?
         .connect_timeout(Duration::from_secs(2))
@@ -172,6 +181,7 @@ pub async fn run(
         nats.clone(),
         js,
         layout,
+        payloads,
         &config,
     ));
     let app = router(state.clone());

@@ -123,7 +123,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     body: Body,
 ) -> ApiResult<T> {
     require_json(headers)?;
-    let body = read_body(headers, body, app.max_body_bytes).await?;
+    let body = read_body(headers, body, app.max_json_bytes).await?;
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
 }
 

@@ -46,6 +46,10 @@ pub struct AppState {
     pub layout: Layout,
     pub publish_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Bodies above this go to the payload bucket; also the JSON requests' limit.
+    pub max_json_bytes: usize,
+    /// The payload bucket (bodies too large for a message).
+    pub payloads: jetstream::object_store::ObjectStore,
     pub max_package_bytes: usize,
     /// (project id, token hash) -> the token grants the project.
     tokens: TtlCache<(String, [u8; 32]), ()>,
@@ -71,6 +75,7 @@ impl AppState {
         nats: async_nats::Client,
         js: jetstream::Context,
         layout: Layout,
+        payloads: jetstream::object_store::ObjectStore,
         config: &crate::Config,
     ) -> Self {
         let cache_ttl = Duration::from_millis(config.cache_ttl_ms);
@@ -83,6 +88,8 @@ impl AppState {
             layout,
             publish_timeout: Duration::from_millis(config.publish_timeout_ms.max(1)),
             max_body_bytes: config.max_body_bytes,
+            max_json_bytes: config.inline_payload_bytes.min(config.max_body_bytes),
+            payloads,
             max_package_bytes: config.max_package_bytes,
             tokens: TtlCache::new(cache_ttl, 100_000),
             codes: TtlCache::new(cache_ttl, 100_000),
@@ -269,6 +276,36 @@ impl AppState {
 
     /// Publishes a task and waits for JetStream's acknowledgement: only then is it durable. Any
     /// failure, including no answer within the publish timeout, is a 503 so the sender retries.
+    /// Publishes a task whose payload may be too large for a message: such a payload is first
+    /// stored in the payload bucket (named by the task id) and the message carries its name.
+    pub async fn publish_large(&self, envelope: &mut Envelope, payload: Bytes) -> ApiResult<()> {
+        if payload.len() <= self.max_json_bytes {
+            return self.publish(envelope, payload).await;
+        }
+        let stored = tokio::time::timeout(
+            self.publish_timeout * 4,
+            self.payloads
+                .put(envelope.task_id.as_str(), &mut payload.as_ref()),
+        )
+        .await;
+        match stored {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, task_id = %envelope.task_id, "storing a large payload failed");
+                return Err(ApiError::Unavailable(
+                    "The queue is unavailable; retry shortly".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::Unavailable(
+                    "The queue did not answer in time; retry shortly".into(),
+                ))
+            }
+        }
+        envelope.payload_ref = Some(envelope.task_id.clone());
+        self.publish(envelope, Bytes::new()).await
+    }
+
     pub async fn publish(&self, envelope: &Envelope, payload: Bytes) -> ApiResult<()> {
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             return Err(ApiError::Unavailable(

@@ -56,6 +56,7 @@ struct Due {
     schedule_id: Option<String>,
     verified_by: Option<String>,
     request: Option<String>,
+    payload_ref: Option<String>,
 }
 
 async fn release_due(
@@ -67,7 +68,7 @@ async fn release_due(
     let due: Vec<Due> = sqlx::query_as(
         "SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
             cluster, source, payload, created_at, retry_of, retry_count, schedule_id, verified_by,
-            request
+            request, payload_ref
          FROM tasks
          WHERE delay > 0 AND NOT released AND status = 'queued'
            AND created_at + delay * interval '1 second' <= now()
@@ -102,6 +103,7 @@ async fn release_due(
             schedule_id: t.schedule_id,
             verified_by: t.verified_by,
             request: t.request,
+            payload_ref: t.payload_ref,
         };
         let subject =
             layout.task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);

@@ -35,6 +35,7 @@ pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
         schedule_id: e.schedule_id,
         verified_by: e.verified_by,
         request: e.request,
+        payload_ref: e.payload_ref,
     }
 }
 

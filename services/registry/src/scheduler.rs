@@ -137,6 +137,7 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                     schedule_id: Some(s.id.clone()),
                     verified_by: None,
                     request: None,
+                    payload_ref: None,
                 };
                 let message = jetstream::message::PublishMessage::build()
                     .payload(s.payload.clone().into())

@@ -346,6 +346,7 @@ struct TaskRow {
     retry_of: Option<String>,
     schedule_id: Option<String>,
     verified_by: Option<String>,
+    payload_ref: Option<String>,
 }
 
 impl From<TaskRow> for pb::Task {
@@ -378,6 +379,7 @@ impl From<TaskRow> for pb::Task {
             retry_of: r.retry_of,
             schedule_id: r.schedule_id,
             verified_by: r.verified_by,
+            payload_ref: r.payload_ref,
         }
     }
 }
@@ -457,6 +459,7 @@ where
     let mut schedule_id = Vec::with_capacity(batch.len());
     let mut verified_by = Vec::with_capacity(batch.len());
     let mut request = Vec::with_capacity(batch.len());
+    let mut payload_ref = Vec::with_capacity(batch.len());
     for q in batch {
         let e = q.envelope;
         id.push(e.task_id.as_str());
@@ -477,20 +480,22 @@ where
         schedule_id.push(e.schedule_id.as_deref());
         verified_by.push(e.verified_by.as_deref());
         request.push(e.request.as_deref());
+        payload_ref.push(e.payload_ref.as_deref());
     }
     let done = sqlx::query(
         "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
             delay, label, cluster, source, payload, created_at, updated_at, retry_of, retry_count,
-            schedule_id, verified_by, request)
+            schedule_id, verified_by, request, payload_ref)
          SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
             cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0),
-            retry_of, retry_count, schedule_id, verified_by, request
+            retry_of, retry_count, schedule_id, verified_by, request, payload_ref
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int2[],
             $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[],
-            $14::text[], $15::int4[], $16::text[], $17::text[], $18::text[])
+            $14::text[], $15::int4[], $16::text[], $17::text[], $18::text[],
+            $19::text[])
             AS q(id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
                  cluster, source, payload, received, retry_of, retry_count, schedule_id,
-                 verified_by, request)
+                 verified_by, request, payload_ref)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
@@ -511,6 +516,7 @@ where
     .bind(schedule_id)
     .bind(verified_by)
     .bind(request)
+    .bind(payload_ref)
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
@@ -818,6 +824,7 @@ struct FinishedRow {
     cluster: String,
     retry_count: i32,
     payload: Vec<u8>,
+    payload_ref: Option<String>,
     schedule_id: Option<String>,
     retries: Option<i32>,
     retries_delay: Option<i32>,
@@ -865,7 +872,7 @@ pub async fn finish_task<'c>(
             percent = CASE WHEN $3 = 'complete' THEN 100 ELSE percent END
          WHERE id = $1 AND attempt = $2 AND status = 'running'
          RETURNING t.project_id, t.code_id, t.code_name, t.code_rev, t.priority, t.timeout,
-            t.label, t.cluster, t.retry_count, t.payload, t.schedule_id,
+            t.label, t.cluster, t.retry_count, t.payload, t.payload_ref, t.schedule_id,
             (SELECT r.retries FROM code_revisions r
               WHERE r.code_id = t.code_id AND r.rev = t.code_rev) AS retries,
             (SELECT r.retries_delay FROM code_revisions r
@@ -900,6 +907,7 @@ pub async fn finish_task<'c>(
                     schedule_id: row.schedule_id,
                     verified_by: None,
                     request: None,
+                    payload_ref: row.payload_ref,
                 };
                 (envelope, row.payload)
             });

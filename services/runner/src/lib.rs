@@ -39,6 +39,8 @@ struct Runner {
     runner_id: String,
     lease: Duration,
     api_url: Option<String>,
+    /// Where payloads too large for a message are.
+    payloads: jetstream::object_store::ObjectStore,
     metrics: metrics::RunnerMetrics,
 }
 
@@ -98,6 +100,10 @@ pub async fn run(
         runner_id,
         lease,
         api_url: config.api_url.clone(),
+        payloads: layout
+            .ensure_payload_bucket(&js, config.nats_replicas)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the payload bucket: {e}"))?,
         metrics: metrics::RunnerMetrics::new(),
     });
     workhook_core::metrics::spawn_admin(
@@ -387,6 +393,7 @@ fn envelope_to_pb(e: &Envelope) -> pb::Envelope {
         schedule_id: e.schedule_id.clone(),
         verified_by: e.verified_by.clone(),
         request: e.request.clone(),
+        payload_ref: e.payload_ref.clone(),
     }
 }
 
@@ -459,9 +466,10 @@ impl Runner {
 
         self.metrics.slots_busy.inc();
         let started = std::time::Instant::now();
-        let outcome = self
-            .execute(&envelope, run, message.payload.clone(), stop.clone())
-            .await;
+        let outcome = match self.payload(&envelope, &message).await {
+            Ok(payload) => self.execute(&envelope, run, payload, stop.clone()).await,
+            Err(e) => Err(e),
+        };
         self.metrics.slots_busy.dec();
         self.running
             .lock()
@@ -548,6 +556,29 @@ impl Runner {
         Err(tonic::Status::internal(
             "StartTask asked for the payload twice",
         ))
+    }
+
+    /// The task's payload: the message body, or the object it names in the payload bucket.
+    async fn payload(
+        &self,
+        envelope: &Envelope,
+        message: &jetstream::Message,
+    ) -> anyhow::Result<bytes::Bytes> {
+        let Some(object) = &envelope.payload_ref else {
+            return Ok(message.payload.clone());
+        };
+        use tokio::io::AsyncReadExt;
+        let mut reader = self
+            .payloads
+            .get(object)
+            .await
+            .with_context(|| format!("fetching the payload {object}"))?;
+        let mut data = Vec::new();
+        reader
+            .read_to_end(&mut data)
+            .await
+            .with_context(|| format!("reading the payload {object}"))?;
+        Ok(data.into())
     }
 
     async fn execute(

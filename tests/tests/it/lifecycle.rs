@@ -182,6 +182,7 @@ async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_
         schedule_id: None,
         verified_by: None,
         request: None,
+        payload_ref: None,
     };
     let mut registry = stack.registry().await;
     let start = |runner: &str, lease_ms: i64| pb::StartTaskRequest {

@@ -280,3 +280,35 @@ async fn a_webhook_token_queues_only_its_codes_tasks_and_can_be_revoked() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_webhook_body_reaches_the_worker_through_the_object_store() {
+    use sha2::Digest;
+    let stack = Stack::start().await;
+    let p = stack.create_project("large").await;
+    stack
+        .upload_script(
+            &p,
+            "big",
+            r#"sha256sum "$PAYLOAD_FILE" | cut -c1-64; wc -c < "$PAYLOAD_FILE""#,
+        )
+        .await;
+    // 5 MiB: far past what a NATS message may carry.
+    let body: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let expected = hex::encode(sha2::Sha256::digest(&body));
+    let r = stack.webhook(&p, "big", body.clone()).await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let task = stack.wait_done(&p, &id, WITHIN).await;
+    assert_eq!(task["status"], "complete", "{task}");
+    let log = String::from_utf8(stack.log(&p, &id).await.to_vec()).unwrap();
+    assert_eq!(log, format!("{expected}\n{}\n", body.len()));
+    // Past 25 MiB (GitHub's maximum): 413, at once.
+    let r = stack
+        .webhook(&p, "big", vec![0u8; 25 * 1024 * 1024 + 1])
+        .await;
+    assert_eq!(r.status(), 413);
+}
