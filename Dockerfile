@@ -20,18 +20,19 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 
 # 1. Dependencies. proto/ is copied whole: its build.rs compiles the .proto with protox, and the
-#    contract changes seldom. Every other member gets stub sources so cargo can resolve the
+#    contract changes seldom; crates/core too, which proto uses and which is small. Every other
+#    member gets stub sources so cargo can resolve the
 #    workspace (tests/ is a test-only crate and is never built here).
 COPY Cargo.toml Cargo.lock ./
 COPY proto/ proto/
-COPY crates/core/Cargo.toml crates/core/
+COPY crates/core/ crates/core/
 COPY services/registry/Cargo.toml services/registry/
 COPY services/ingress/Cargo.toml services/ingress/
 COPY services/runner/Cargo.toml services/runner/
 COPY cli/Cargo.toml cli/
 COPY tests/Cargo.toml tests/
 RUN set -eux; \
-    for crate in crates/core services/registry services/ingress services/runner cli tests; do \
+    for crate in services/registry services/ingress services/runner cli tests; do \
         mkdir -p "$crate/src"; \
         : > "$crate/src/lib.rs"; \
     done; \

@@ -16,29 +16,6 @@ use crate::store::{self, Queued};
 /// How long the recorder waits for more messages to fill a batch once it holds one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
-pub fn envelope_to_pb(e: Envelope) -> pb::Envelope {
-    pb::Envelope {
-        task_id: e.task_id,
-        project_id: e.project_id,
-        code_id: e.code_id,
-        code_name: e.code_name,
-        code_rev: e.code_rev,
-        priority: i32::from(e.priority),
-        timeout: e.timeout as i32,
-        delay: e.delay as i32,
-        label: e.label,
-        cluster: e.cluster,
-        received_at: e.received_at,
-        source: e.source.as_str().to_string(),
-        retry_of: e.retry_of,
-        retry_count: e.retry_count as i32,
-        schedule_id: e.schedule_id,
-        verified_by: e.verified_by,
-        request: e.request,
-        payload_ref: e.payload_ref,
-    }
-}
-
 pub async fn consumer(
     stream: &jetstream::stream::Stream,
     layout: &workhook_core::stream::Layout,
@@ -126,7 +103,7 @@ async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) -> u64 {
     for m in batch.drain(..) {
         match Envelope::from_headers(m.headers.as_ref()) {
             Ok(e) => {
-                envelopes.push(envelope_to_pb(e));
+                envelopes.push(pb::Envelope::from(&e));
                 keep.push(m);
             }
             Err(e) => {

@@ -374,29 +374,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn envelope_to_pb(e: &Envelope) -> pb::Envelope {
-    pb::Envelope {
-        task_id: e.task_id.clone(),
-        project_id: e.project_id.clone(),
-        code_id: e.code_id.clone(),
-        code_name: e.code_name.clone(),
-        code_rev: e.code_rev,
-        priority: i32::from(e.priority),
-        timeout: e.timeout as i32,
-        delay: e.delay as i32,
-        label: e.label.clone(),
-        cluster: e.cluster.clone(),
-        received_at: e.received_at,
-        source: e.source.as_str().to_string(),
-        retry_of: e.retry_of.clone(),
-        retry_count: e.retry_count as i32,
-        schedule_id: e.schedule_id.clone(),
-        verified_by: e.verified_by.clone(),
-        request: e.request.clone(),
-        payload_ref: e.payload_ref.clone(),
-    }
-}
-
 async fn nak(message: &jetstream::Message, after: Duration) {
     if let Err(e) = message.ack_with(AckKind::Nak(Some(after))).await {
         tracing::warn!(error = %e, "nak failed; the message is redelivered after its ack wait");
@@ -530,7 +507,7 @@ impl Runner {
         message: &jetstream::Message,
     ) -> Result<pb::start_task_response::Decision, tonic::Status> {
         let mut request = pb::StartTaskRequest {
-            envelope: Some(envelope_to_pb(envelope)),
+            envelope: Some(envelope.into()),
             runner_id: self.runner_id.clone(),
             lease_ms: self.lease.as_millis() as i64,
             payload: None,
