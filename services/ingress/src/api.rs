@@ -128,27 +128,62 @@ pub(crate) fn envelope(
 /// Reads a whole body, refusing with 413 (never truncating) one larger than `limit`: at once
 /// when Content-Length says so, otherwise as soon as a chunked body passes it.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(body).await;
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::PayloadTooLarge(limit))
-            } else {
-                Err(ApiError::BadRequest(format!(
-                    "could not read the body: {e}"
-                )))
+    // A body that arrives in one piece (the common case) is kept as it is, without a copy.
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut size = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            size += data.len();
+            if size > limit {
+                discard(body).await;
+                return Err(ApiError::PayloadTooLarge(limit));
             }
+            pieces.push(data);
         }
     }
+    Ok(match pieces.len() {
+        0 => Bytes::new(),
+        1 => pieces.pop().unwrap_or_default(),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(size);
+            for piece in pieces {
+                whole.extend_from_slice(&piece);
+            }
+            whole.freeze()
+        }
+    })
+}
+
+/// Reads and drops the rest of a refused body (at most `DISCARD_BYTES`, for at most
+/// `DISCARD_TIME`), so the sender, still writing, gets the 413 rather than a broken connection.
+async fn discard(mut body: Body) {
+    use http_body_util::BodyExt;
+    const DISCARD_BYTES: usize = 64 * 1024 * 1024;
+    const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DISCARD_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {

@@ -1106,6 +1106,21 @@ pub async fn list_tasks(
 /// Cancels a task that has not finished. A queued task will never start; a running one is
 /// stopped by its runner at its next heartbeat. Returns the status after the call.
 pub async fn cancel_task(pool: &PgPool, project_id: &str, task_id: &str) -> Result<Option<String>> {
+    // The row may be recorded between the UPDATE and the SELECT below: then try again.
+    for _ in 0..3 {
+        match cancel_task_once(pool, project_id, task_id).await? {
+            Some(status) if matches!(status.as_str(), "queued" | "preparing" | "running") => {}
+            other => return Ok(other),
+        }
+    }
+    cancel_task_once(pool, project_id, task_id).await
+}
+
+async fn cancel_task_once(
+    pool: &PgPool,
+    project_id: &str,
+    task_id: &str,
+) -> Result<Option<String>> {
     let updated: Option<(String,)> = sqlx::query_as(
         "UPDATE tasks SET status = 'cancelled', msg = 'Cancelled', end_time = now(),
             updated_at = now(), lease_expires_at = NULL

@@ -85,8 +85,13 @@ echo "to stderr" >&2
     let expected_stdout = format!(
         "payload={{\"n\":42}}\nconfig={{\"k\":1}}\ntask={id}\ngreeting=hi there\nfrom the package\n"
     );
-    assert!(log.starts_with(&expected_stdout), "{log}");
-    assert!(log.ends_with("to stderr\n"), "{log}");
+    // stdout and stderr are two pipes: their relative order in the log is arrival order.
+    assert_eq!(
+        log.len(),
+        expected_stdout.len() + "to stderr\n".len(),
+        "{log}"
+    );
+    assert!(log.contains("to stderr\n"), "{log}");
     let r = stack.get(&p, &format!("/tasks/{id}/outlog")).await;
     assert_eq!(r.text().await.unwrap(), expected_stdout);
 }
