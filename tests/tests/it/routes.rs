@@ -242,12 +242,29 @@ async fn tasks_are_listed_with_filters_cancelled_retried_and_report_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_task_is_cancelled_within_a_second_and_keeps_its_log() {
-    let stack = Stack::start().await;
+    // One slot: the task queued after the cancel can only run once the slot is free.
+    let stack = Stack::start_with(StackOptions {
+        concurrency: 1,
+        ..Default::default()
+    })
+    .await;
     let p = stack.create_project("cancel").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
     stack
-        .upload_script(&p, "long", "echo started; sleep 300")
+        .upload_script(
+            &p,
+            "long",
+            r#"sleep 300 & echo "$$ $!" > "$(cat "$PAYLOAD_FILE")"; echo started; wait"#,
+        )
         .await;
-    let id = stack.queue(&p, json!({"code_name": "long"})).await;
+    stack.upload_script(&p, "quick", "echo quick").await;
+    let id = stack
+        .queue(
+            &p,
+            json!({"code_name": "long", "payload": pids.to_str().unwrap()}),
+        )
+        .await;
     let until = std::time::Instant::now() + WITHIN;
     while stack.log(&p, &id).await.is_empty() {
         assert!(
@@ -257,18 +274,28 @@ async fn a_running_task_is_cancelled_within_a_second_and_keeps_its_log() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = post_empty(&stack, &p, &format!("/tasks/{id}/cancel")).await;
+    let cancelled_at = std::time::Instant::now();
     assert_eq!(r.status(), 200);
-    let task = stack.task(&p, &id).await;
-    assert_eq!(task["status"], "cancelled");
-    // The runner frees its slot within a second: a task queued now starts at once.
-    stack.upload_script(&p, "quick", "echo quick").await;
-    let started = std::time::Instant::now();
-    let stack_opts = StackOptions::default();
-    assert_eq!(stack_opts.concurrency, 4);
+    assert_eq!(stack.task(&p, &id).await["status"], "cancelled");
+    // The worker and what it started are gone within a second.
+    let text = std::fs::read_to_string(&pids).unwrap();
+    for pid in text.split_whitespace().map(|p| p.parse::<u32>().unwrap()) {
+        while !workhook_tests::process_gone(pid) {
+            assert!(
+                cancelled_at.elapsed() < Duration::from_secs(1),
+                "process {pid} outlived the cancel by a second"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The slot is free again.
     let q = stack.queue(&p, json!({"code_name": "quick"})).await;
     assert_eq!(stack.wait_done(&p, &q, WITHIN).await["status"], "complete");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(&stack.log(&p, &id).await[..], b"started\n");
+    assert_eq!(
+        &stack.log(&p, &id).await[..],
+        b"started\n",
+        "the log is kept"
+    );
     assert_eq!(stack.task(&p, &id).await["status"], "cancelled");
 }
 
@@ -438,5 +465,44 @@ async fn a_cron_schedule_on_several_registries_queues_each_run_exactly_once() {
     ] {
         let r = post_json(&stack, &p, "/schedules", json!({"schedules": [bad]})).await;
         assert_eq!(r.status(), 400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_loses_and_doubles_no_run_across_a_registry_restart() {
+    let mut stack = Stack::start().await;
+    let p = stack.create_project("cron-restart").await;
+    stack.upload_script(&p, "w", "true").await;
+    let r = post_json(
+        &stack,
+        &p,
+        "/schedules",
+        json!({"schedules": [{"code_name": "w", "cron": "* * * * * *", "run_times": 6}]}),
+    )
+    .await;
+    let id = json_of(r, 200).await["schedules"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    stack.stop_registry().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.start_registry_again().await;
+    let until = std::time::Instant::now() + WITHIN;
+    let schedule = loop {
+        let s = json_of(stack.get(&p, &format!("/schedules/{id}")).await, 200).await;
+        if s["status"] == "complete" {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "{s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(schedule["run_count"], 6);
+    assert_eq!(schedule["msg"], "Ran max times.");
+    let tasks = json_of(stack.get(&p, "/tasks").await, 200).await;
+    let tasks = tasks["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 6, "one task per run: {tasks:?}");
+    for t in tasks {
+        assert_eq!(t["schedule_id"], id.as_str());
     }
 }
