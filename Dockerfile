@@ -31,12 +31,13 @@ COPY services/ingress/Cargo.toml services/ingress/
 COPY services/runner/Cargo.toml services/runner/
 COPY cli/Cargo.toml cli/
 COPY tests/Cargo.toml tests/
+COPY crates/bench/Cargo.toml crates/bench/
 RUN set -eux; \
-    for crate in services/registry services/ingress services/runner cli tests; do \
+    for crate in services/registry services/ingress services/runner cli tests crates/bench; do \
         mkdir -p "$crate/src"; \
         : > "$crate/src/lib.rs"; \
     done; \
-    for crate in services/registry services/ingress services/runner cli; do \
+    for crate in services/registry services/ingress services/runner cli crates/bench; do \
         echo 'fn main() {}' > "$crate/src/main.rs"; \
     done; \
     mkdir -p tests/tests/it; \
