@@ -506,3 +506,36 @@ async fn a_schedule_loses_and_doubles_no_run_across_a_registry_restart() {
         assert_eq!(t["schedule_id"], id.as_str());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_stops_at_its_end_at() {
+    let stack = Stack::start().await;
+    let p = stack.create_project("end-at").await;
+    stack.upload_script(&p, "w", "true").await;
+    let end_at = (chrono::Utc::now() + chrono::Duration::milliseconds(2_500)).to_rfc3339();
+    let r = post_json(
+        &stack,
+        &p,
+        "/schedules",
+        json!({"schedules": [{"code_name": "w", "cron": "* * * * * *", "end_at": end_at}]}),
+    )
+    .await;
+    let id = json_of(r, 200).await["schedules"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = std::time::Instant::now() + WITHIN;
+    let schedule = loop {
+        let s = json_of(stack.get(&p, &format!("/schedules/{id}")).await, 200).await;
+        if s["status"] == "complete" {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "{s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(schedule["msg"], "Reached end_at.");
+    let runs = schedule["run_count"].as_i64().unwrap();
+    assert!((1..=3).contains(&runs), "{runs} runs in 2.5 s");
+    let tasks = json_of(stack.get(&p, "/tasks").await, 200).await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len() as i64, runs);
+}
