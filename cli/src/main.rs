@@ -447,18 +447,17 @@ async fn code(api: &Api, command: CodeCommand, json: bool) -> anyhow::Result<()>
             if let Some(n) = retries_delay {
                 data["retries_delay"] = json!(n);
             }
-            eprint!("uploading {} bytes... ", package.len());
-            let _ = std::io::stderr().flush();
+            let total = package.len() as u64;
             let form = reqwest::multipart::Form::new()
                 .text("data", data.to_string())
                 .part(
                     "file",
-                    reqwest::multipart::Part::bytes(package)
+                    reqwest::multipart::Part::stream_with_length(upload_progress(package), total)
                         .file_name("package.zip")
                         .mime_str("application/zip")?,
                 );
             let body = api.post_form("/codes", form).await?;
-            eprintln!("done");
+            eprintln!();
             if json {
                 println!("{body}");
             } else {
@@ -926,4 +925,31 @@ fn package_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
         }
         Ok(bytes)
     }
+}
+
+/// The package as a body that reports on stderr how much of it has been sent: a rewritten line
+/// on a terminal, a line at each quarter otherwise.
+fn upload_progress(package: Vec<u8>) -> reqwest::Body {
+    const PIECE: usize = 64 * 1024;
+    let total = package.len().max(1);
+    let terminal = std::io::stderr().is_terminal();
+    let package = bytes::Bytes::from(package);
+    let pieces: Vec<bytes::Bytes> = (0..package.len().div_ceil(PIECE))
+        .map(|i| package.slice(i * PIECE..((i + 1) * PIECE).min(package.len())))
+        .collect();
+    let mut sent = 0usize;
+    let mut last_quarter = 0usize;
+    let stream = futures_util::stream::iter(pieces.into_iter().map(move |piece| {
+        sent += piece.len();
+        let percent = sent * 100 / total;
+        if terminal {
+            eprint!("\ruploading {sent} of {total} bytes ({percent}%)");
+        } else if percent / 25 > last_quarter {
+            last_quarter = percent / 25;
+            eprintln!("uploading: {percent}% of {total} bytes");
+        }
+        let _ = std::io::stderr().flush();
+        Ok::<_, std::io::Error>(piece)
+    }));
+    reqwest::Body::wrap_stream(stream)
 }

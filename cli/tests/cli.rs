@@ -520,3 +520,64 @@ async fn iron_json_in_the_current_directory_is_read() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("401"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_upload_zips_a_directory_shows_progress_and_the_code_runs() {
+    let stack = Stack::start().await;
+    let p = stack.create_project("cli-upload").await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("worker");
+    std::fs::create_dir(&worker).unwrap();
+    std::fs::write(
+        worker.join("run.sh"),
+        "echo from-upload; cat \"$PAYLOAD_FILE\"",
+    )
+    .unwrap();
+    // Big enough for several progress steps.
+    std::fs::write(worker.join("data.bin"), vec![7u8; 300 * 1024]).unwrap();
+    let up = run(
+        &stack,
+        &p,
+        dir.path(),
+        &[
+            "code",
+            "upload",
+            worker.to_str().unwrap(),
+            "--name",
+            "up",
+            "--command",
+            "sh run.sh",
+        ],
+    )
+    .await
+    .ok();
+    assert!(up.stderr.contains("uploading: 100% of"), "{}", up.stderr);
+    assert!(up.stdout.contains("code up uploaded as"), "{}", up.stdout);
+    let queued = run(
+        &stack,
+        &p,
+        dir.path(),
+        &[
+            "task",
+            "queue",
+            "up",
+            "--payload",
+            "hello",
+            "--wait",
+            "--json",
+        ],
+    )
+    .await
+    .ok();
+    let id = queued.stdout.lines().find_map(|l| {
+        serde_json::from_str::<Value>(l)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+    });
+    let id = id.unwrap_or_else(|| panic!("no id in {}", queued.stdout));
+    let log = run(&stack, &p, dir.path(), &["task", "log", &id])
+        .await
+        .ok()
+        .stdout;
+    assert_eq!(log, "from-upload\nhello");
+}
