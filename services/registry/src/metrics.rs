@@ -32,7 +32,7 @@ impl RegistryMetrics {
         let recorded = Counter::default();
         registry.register(
             "recorded_tasks",
-            "Queued tasks the recorder wrote to Postgres",
+            "Queued tasks the recorder recorded in Postgres (or found already recorded)",
             recorded.clone(),
         );
         let recorder_lag = Gauge::default();

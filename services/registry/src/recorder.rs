@@ -96,7 +96,8 @@ async fn consume(
     }
 }
 
-/// Records a batch; returns how many new tasks it wrote.
+/// Records a batch; returns how many tasks it recorded (new, or already recorded by a runner
+/// that got there first).
 async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) -> u64 {
     let mut envelopes = Vec::with_capacity(batch.len());
     let mut keep = Vec::with_capacity(batch.len());
@@ -125,13 +126,14 @@ async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) -> u64 {
         })
         .collect();
     match store::record_queued(pool, &queued).await {
-        Ok(written) => {
+        Ok(_written) => {
             for m in &keep {
                 if let Err(e) = m.ack().await {
                     tracing::warn!(error = %e, "recorder ack failed; the message will be redelivered");
                 }
             }
-            written
+            // Counted as recorded even when a runner recorded the task first.
+            keep.len() as u64
         }
         Err(e) => {
             tracing::warn!(error = %e, n = keep.len(), "recording queued tasks failed; retrying");
