@@ -539,3 +539,80 @@ async fn a_schedule_stops_at_its_end_at() {
     let tasks = json_of(stack.get(&p, "/tasks").await, 200).await;
     assert_eq!(tasks["tasks"].as_array().unwrap().len() as i64, runs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_a_missing_token_and_an_unknown_id() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("routes").await;
+    stack.upload_script(&p, "w", "true").await;
+    let none = "0".repeat(24);
+    let routes: Vec<(reqwest::Method, String)> = {
+        use reqwest::Method as M;
+        vec![
+            (M::GET, format!("/codes/{none}")),
+            (M::DELETE, format!("/codes/{none}")),
+            (M::GET, format!("/codes/{none}/revisions")),
+            (M::GET, format!("/codes/{none}/download")),
+            (M::GET, format!("/codes/{none}/stats")),
+            (M::POST, format!("/codes/{none}/pause_task_queue")),
+            (M::POST, format!("/codes/{none}/resume_task_queue")),
+            (M::POST, format!("/codes/{none}/cancel_all")),
+            (M::GET, format!("/codes/{none}/webhook_tokens")),
+            (M::POST, format!("/codes/{none}/webhook_tokens")),
+            (M::DELETE, format!("/codes/{none}/webhook_tokens/{none}")),
+            (M::GET, format!("/tasks/{none}")),
+            (M::GET, format!("/tasks/{none}/log")),
+            (M::GET, format!("/tasks/{none}/outlog")),
+            (M::POST, format!("/tasks/{none}/cancel")),
+            (M::POST, format!("/tasks/{none}/progress")),
+            (M::POST, format!("/tasks/{none}/retry")),
+            (M::GET, format!("/schedules/{none}")),
+            (M::PUT, format!("/schedules/{none}")),
+            (M::POST, format!("/schedules/{none}/cancel")),
+        ]
+    };
+    let body = json!({"code_name": "w", "percent": 1, "delay": 0});
+    for (method, path) in &routes {
+        let url = stack.url(&format!("/2/projects/{}{path}", p.id));
+        // No token: 401.
+        let r = stack
+            .client
+            .request(method.clone(), &url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} without a token");
+        // A good token and an id nobody issued: 404, as JSON.
+        let r = stack
+            .client
+            .request(method.clone(), &url)
+            .header("Authorization", format!("OAuth {}", p.token))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+        let answer: Value = r.json().await.unwrap();
+        assert!(
+            answer["msg"].as_str().unwrap().contains("not found"),
+            "{method} {path}: {answer}"
+        );
+    }
+    // The JSON routes want their content type: 406.
+    for path in ["/tasks", "/schedules"] {
+        let r = stack
+            .client
+            .post(stack.url(&format!("/2/projects/{}{path}", p.id)))
+            .header("Authorization", format!("OAuth {}", p.token))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 406, "{path}");
+    }
+}
