@@ -23,17 +23,10 @@ pub async fn run(
     layout: Layout,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if let Err(e) = release_due(&pool, &js, &layout).await {
-            tracing::warn!(error = %e, "releasing delayed tasks failed; retrying");
-        }
-    }
+    crate::every(TICK, shutdown, "releasing delayed tasks", || {
+        release_due(&pool, &js, &layout)
+    })
+    .await;
 }
 
 #[derive(sqlx::FromRow)]

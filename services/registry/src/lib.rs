@@ -25,6 +25,30 @@ use workhook_proto::registry_server::RegistryServer;
 pub use config::Config;
 pub use error::RegistryError;
 
+/// Runs `work` every `period` until `shutdown`; a failed round is logged and the next one tries
+/// again. The shape of the registry's periodic jobs (the scheduler, the release of delayed tasks).
+pub(crate) async fn every<F, Fut>(
+    period: Duration,
+    shutdown: CancellationToken,
+    what: &'static str,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = work().await {
+            tracing::warn!(error = %e, "{what} failed; retrying");
+        }
+    }
+}
+
 /// The migrations, embedded so a registry binary brings its own schema.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -24,17 +24,10 @@ pub async fn run(
     layout: Layout,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if let Err(e) = run_due(&pool, &js, &layout).await {
-            tracing::warn!(error = %e, "scheduler tick failed; retrying");
-        }
-    }
+    crate::every(TICK, shutdown, "the scheduler tick", || {
+        run_due(&pool, &js, &layout)
+    })
+    .await;
 }
 
 #[derive(sqlx::FromRow)]
