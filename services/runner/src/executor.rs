@@ -172,18 +172,27 @@ impl ProcessExecutor {
         };
         // A plain command line (`python3 worker.py`) is executed directly: one exec fewer than
         // `sh -c` per task. Anything the shell would interpret, a builtin, or a program that is
-        // program that cannot be started (so that sh reports why, as it always has) goes
+        // not on the PATH or cannot be started (so that sh reports why, as it always has) goes
         // through `sh -c`.
-        let direct = plain_words(&job.command).map(|words| {
-            // `./run` means the task directory's, as it does for the shell started there.
+        let child_path = job
+            .env_vars
+            .get("PATH")
+            .map(std::ffi::OsString::from)
+            .or_else(|| std::env::var_os("PATH"));
+        let direct = plain_words(&job.command).and_then(|words| {
+            // Resolved here, on the worker's PATH: a program named by a path lets the standard
+            // library spawn with posix_spawn (a PATH lookup under a changed environment makes
+            // it fork the whole runner instead, which costs more than the shell saved).
             let program = match words[0] {
-                p if p.contains('/') => work.join(p),
-                p => PathBuf::from(p),
+                // `./run` is resolved in the task directory, where the worker starts, as the
+                // shell started there would.
+                p if p.contains('/') => PathBuf::from(p),
+                p => find_program(p, child_path.as_deref()?)?,
             };
             let mut command = tokio::process::Command::new(program);
             command.args(&words[1..]);
             prepare(&mut command);
-            command
+            Some(command)
         });
         let spawned = match direct.map(|mut c| c.spawn()) {
             Some(Ok(child)) => Some(Ok(child)),
@@ -281,6 +290,18 @@ fn plain_words(command: &str) -> Option<Vec<&str>> {
     (!builtin && !first.contains('=')).then_some(words)
 }
 
+/// The first executable file named `program` in the directories of `path`.
+fn find_program(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 fn outcome(status: ExitStatus, stderr_tail: String) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
@@ -368,6 +389,22 @@ mod tests {
         ] {
             assert_eq!(plain_words(shell), None, "{shell:?}");
         }
+    }
+
+    #[test]
+    fn programs_are_found_on_the_workers_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        let data = dir.path().join("data");
+        std::fs::write(&data, "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths(["relative", "/nonexistent", dir.path().to_str().unwrap()])
+            .unwrap();
+        assert_eq!(find_program("tool", &path), Some(exe));
+        assert_eq!(find_program("data", &path), None, "not executable");
+        assert_eq!(find_program("missing", &path), None);
     }
 
     #[test]
