@@ -232,7 +232,7 @@ fn number(v: Option<String>, field: &str) -> ApiResult<Option<f64>> {
 #[tracing::instrument(name = "webhook", skip_all, fields(
     otel.kind = "server",
     %project_id,
-    code_name = tracing::field::Empty,
+    code_name = q.as_ref().map_or("", |q| q.code_name.as_deref().unwrap_or("")),
     task_id = tracing::field::Empty,
     trace_id = tracing::field::Empty,
     http.response.status_code = tracing::field::Empty,
@@ -254,8 +254,12 @@ pub async fn webhook(
     answer
 }
 
-/// The answer's status on the current (request) span; a 5xx marks the span as failed.
+/// The answer's status on the current (request) span, for its trace; a 5xx marks the span as
+/// failed.
 fn record_answer<T>(answer: &ApiResult<T>) {
+    if !workhook_core::telemetry::tracing_enabled() {
+        return;
+    }
     let status = match answer {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
@@ -281,7 +285,6 @@ async fn queue_webhook(
         .code_name
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::BadRequest("code_name is required".into()))?;
-    tracing::Span::current().record("code_name", code_name.as_str());
     app.authorize_webhook(&project_id, &code_name, &headers, q.oauth.as_deref())
         .await?;
     app.rate_limit(&project_id)?;
