@@ -92,7 +92,7 @@ impl TelemetryConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("the OTLP exporter cannot be built (OTEL_EXPORTER_OTLP_ENDPOINT): {0}")]
+    #[error("the OTLP exporter cannot be built (OTEL_EXPORTER_OTLP_ENDPOINT)")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
