@@ -7,6 +7,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTRO
 
 use crate::ids;
 
+/// Every field a task always has, in one header (see [`Envelope::to_headers`]).
+pub const TASK: &str = "Workhook-Task";
+// The one-header-per-field form of earlier versions, still read.
 pub const TASK_ID: &str = "Workhook-Task-Id";
 pub const PROJECT_ID: &str = "Workhook-Project-Id";
 pub const CODE_ID: &str = "Workhook-Code-Id";
@@ -24,6 +27,8 @@ pub const RETRY_COUNT: &str = "Workhook-Retry-Count";
 pub const SCHEDULE_ID: &str = "Workhook-Schedule-Id";
 pub const VERIFIED_BY: &str = "Workhook-Verified-By";
 /// The webhook request's method, query, content type and headers, as JSON, for the worker.
+pub const REQUEST_JSON: &str = "Workhook-Request-Json";
+/// The same, percent-encoded (JSON that is not printable ASCII).
 pub const REQUEST: &str = "Workhook-Request";
 /// The payload is not the message body but this object in the payload bucket.
 pub const PAYLOAD_REF: &str = "Workhook-Payload-Ref";
@@ -105,37 +110,33 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
-    /// The headers that carry this envelope (the caller adds `Nats-Msg-Id`).
+    /// The headers that carry this envelope (the caller adds `Nats-Msg-Id`): one compact
+    /// [`TASK`] header with every field a task always has, plus one header per optional field
+    /// that is set. A webhook's message so carries two or three headers, not fourteen, which
+    /// the ingress builds, NATS stores and every consumer parses once per task.
     pub fn to_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(TASK_ID, self.task_id.as_str());
-        h.insert(PROJECT_ID, self.project_id.as_str());
-        h.insert(CODE_ID, self.code_id.as_str());
-        h.insert(CODE_NAME, encode(&self.code_name).as_str());
-        h.insert(CODE_REV, self.code_rev.to_string().as_str());
-        h.insert(PRIORITY, self.priority.to_string().as_str());
-        h.insert(TIMEOUT, self.timeout.to_string().as_str());
-        h.insert(DELAY, self.delay.to_string().as_str());
+        h.insert(TASK, self.compact());
         if let Some(label) = &self.label {
-            h.insert(LABEL, encode(label).as_str());
+            h.insert(LABEL, encode(label));
         }
-        h.insert(CLUSTER, encode(&self.cluster).as_str());
-        h.insert(RECEIVED_AT, self.received_at.to_string().as_str());
-        h.insert(SOURCE, self.source.as_str());
         if let Some(id) = &self.retry_of {
             h.insert(RETRY_OF, id.as_str());
-        }
-        if self.retry_count > 0 {
-            h.insert(RETRY_COUNT, self.retry_count.to_string().as_str());
         }
         if let Some(id) = &self.schedule_id {
             h.insert(SCHEDULE_ID, id.as_str());
         }
         if let Some(scheme) = &self.verified_by {
-            h.insert(VERIFIED_BY, encode(scheme).as_str());
+            h.insert(VERIFIED_BY, encode(scheme));
         }
         if let Some(request) = &self.request {
-            h.insert(REQUEST, encode(request).as_str());
+            // JSON as the ingress writes it is printable ASCII: it goes as it is. Anything
+            // else is percent-encoded under the older header name.
+            if request.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                h.insert(REQUEST_JSON, request.as_str());
+            } else {
+                h.insert(REQUEST, encode(request));
+            }
         }
         if let Some(object) = &self.payload_ref {
             h.insert(PAYLOAD_REF, object.as_str());
@@ -143,9 +144,107 @@ impl Envelope {
         h
     }
 
-    /// Reads an envelope back from a message's headers.
+    /// The [`TASK`] header's value: `1` (the format), then the task, project and code ids, the
+    /// revision, priority, timeout, delay, received_at, source and retry count, then the code
+    /// name and the cluster percent-encoded, separated by single spaces.
+    fn compact(&self) -> String {
+        use std::fmt::Write;
+        let mut v = String::with_capacity(128 + self.code_name.len() + self.cluster.len());
+        let _ = write!(
+            v,
+            "1 {} {} {} {} {} {} {} {} {} {} {} {}",
+            self.task_id,
+            self.project_id,
+            self.code_id,
+            self.code_rev,
+            self.priority,
+            self.timeout,
+            self.delay,
+            self.received_at,
+            self.source.as_str(),
+            self.retry_count,
+            utf8_percent_encode(&self.code_name, FREE_TEXT),
+            utf8_percent_encode(&self.cluster, FREE_TEXT),
+        );
+        v
+    }
+
+    /// Reads an envelope back from a message's headers: the compact form of
+    /// [`Envelope::to_headers`], or the one-header-per-field form that earlier versions
+    /// published (messages of those may still be in a stream during an upgrade).
     pub fn from_headers(h: Option<&HeaderMap>) -> Result<Self, EnvelopeError> {
         let h = h.ok_or(EnvelopeError::NoHeaders)?;
+        let mut envelope = match h.get(TASK) {
+            Some(v) => Self::from_compact(v.as_str())?,
+            None => Self::from_field_headers(h)?,
+        };
+        let id = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
+            match h.get(name).map(|v| v.as_str()) {
+                Some(v) if ids::is_id(v) => Ok(Some(v.to_string())),
+                Some(_) => Err(EnvelopeError::Malformed(name)),
+                None => Ok(None),
+            }
+        };
+        let text = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
+            h.get(name).map(|v| decode(v.as_str(), name)).transpose()
+        };
+        envelope.label = text(LABEL)?;
+        envelope.retry_of = id(RETRY_OF)?;
+        envelope.schedule_id = id(SCHEDULE_ID)?;
+        envelope.verified_by = text(VERIFIED_BY)?;
+        envelope.request = match h.get(REQUEST_JSON) {
+            Some(v) => Some(v.as_str().to_string()),
+            None => text(REQUEST)?,
+        };
+        envelope.payload_ref = id(PAYLOAD_REF)?;
+        Ok(envelope)
+    }
+
+    fn from_compact(v: &str) -> Result<Self, EnvelopeError> {
+        let bad = EnvelopeError::Malformed(TASK);
+        let mut fields = v.split(' ');
+        let mut next = || fields.next().ok_or(EnvelopeError::Malformed(TASK));
+        if next()? != "1" {
+            return Err(bad);
+        }
+        let id = |v: &str| {
+            if ids::is_id(v) {
+                Ok(v.to_string())
+            } else {
+                Err(EnvelopeError::Malformed(TASK))
+            }
+        };
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, EnvelopeError> {
+            v.parse().map_err(|_| EnvelopeError::Malformed(TASK))
+        }
+        let envelope = Envelope {
+            task_id: id(next()?)?,
+            project_id: id(next()?)?,
+            code_id: id(next()?)?,
+            code_rev: num(next()?)?,
+            priority: num(next()?)?,
+            timeout: num(next()?)?,
+            delay: num(next()?)?,
+            received_at: num(next()?)?,
+            source: Source::parse(next()?).ok_or(EnvelopeError::Malformed(TASK))?,
+            retry_count: num(next()?)?,
+            code_name: decode(next()?, TASK)?,
+            cluster: decode(next()?, TASK)?,
+            label: None,
+            retry_of: None,
+            schedule_id: None,
+            verified_by: None,
+            request: None,
+            payload_ref: None,
+        };
+        if fields.next().is_some() || envelope.priority > 2 {
+            return Err(bad);
+        }
+        Ok(envelope)
+    }
+
+    /// The required fields of the one-header-per-field form.
+    fn from_field_headers(h: &HeaderMap) -> Result<Self, EnvelopeError> {
         let get = |name: &'static str| -> Result<&str, EnvelopeError> {
             h.get(name)
                 .map(|v| v.as_str())
@@ -175,37 +274,19 @@ impl Envelope {
             priority,
             timeout: num(get(TIMEOUT)?, TIMEOUT)?,
             delay: num(get(DELAY)?, DELAY)?,
-            label: match h.get(LABEL) {
-                Some(v) => Some(decode(v.as_str(), LABEL)?),
-                None => None,
-            },
+            label: None,
             cluster: decode(get(CLUSTER)?, CLUSTER)?,
             received_at: num(get(RECEIVED_AT)?, RECEIVED_AT)?,
             source: Source::parse(get(SOURCE)?).ok_or(EnvelopeError::Malformed(SOURCE))?,
-            retry_of: match h.get(RETRY_OF) {
-                Some(_) => Some(id(RETRY_OF)?),
-                None => None,
-            },
+            retry_of: None,
             retry_count: match h.get(RETRY_COUNT) {
                 Some(v) => num(v.as_str(), RETRY_COUNT)?,
                 None => 0,
             },
-            schedule_id: match h.get(SCHEDULE_ID) {
-                Some(_) => Some(id(SCHEDULE_ID)?),
-                None => None,
-            },
-            verified_by: match h.get(VERIFIED_BY) {
-                Some(v) => Some(decode(v.as_str(), VERIFIED_BY)?),
-                None => None,
-            },
-            request: match h.get(REQUEST) {
-                Some(v) => Some(decode(v.as_str(), REQUEST)?),
-                None => None,
-            },
-            payload_ref: match h.get(PAYLOAD_REF) {
-                Some(_) => Some(id(PAYLOAD_REF)?),
-                None => None,
-            },
+            schedule_id: None,
+            verified_by: None,
+            request: None,
+            payload_ref: None,
         })
     }
 
@@ -217,6 +298,38 @@ impl Envelope {
 
 fn encode(s: &str) -> String {
     utf8_percent_encode(s, FREE_TEXT).to_string()
+}
+
+#[cfg(test)]
+fn field_headers(e: &Envelope) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(TASK_ID, e.task_id.as_str());
+    h.insert(PROJECT_ID, e.project_id.as_str());
+    h.insert(CODE_ID, e.code_id.as_str());
+    h.insert(CODE_NAME, encode(&e.code_name));
+    h.insert(CODE_REV, e.code_rev.to_string());
+    h.insert(PRIORITY, e.priority.to_string());
+    h.insert(TIMEOUT, e.timeout.to_string());
+    h.insert(DELAY, e.delay.to_string());
+    h.insert(CLUSTER, encode(&e.cluster));
+    h.insert(RECEIVED_AT, e.received_at.to_string());
+    h.insert(SOURCE, e.source.as_str());
+    if e.retry_count > 0 {
+        h.insert(RETRY_COUNT, e.retry_count.to_string());
+    }
+    for (name, value) in [
+        (LABEL, e.label.as_deref().map(encode)),
+        (RETRY_OF, e.retry_of.clone()),
+        (SCHEDULE_ID, e.schedule_id.clone()),
+        (VERIFIED_BY, e.verified_by.as_deref().map(encode)),
+        (REQUEST, e.request.as_deref().map(encode)),
+        (PAYLOAD_REF, e.payload_ref.clone()),
+    ] {
+        if let Some(v) = value {
+            h.insert(name, v);
+        }
+    }
+    h
 }
 
 fn decode(s: &str, name: &'static str) -> Result<String, EnvelopeError> {
@@ -253,6 +366,19 @@ mod tests {
         }
     }
 
+    fn without_options(e: &Envelope) -> Envelope {
+        Envelope {
+            label: None,
+            retry_of: None,
+            retry_count: 0,
+            schedule_id: None,
+            verified_by: None,
+            request: None,
+            payload_ref: None,
+            ..e.clone()
+        }
+    }
+
     #[test]
     fn round_trips_through_headers_even_with_awkward_text() {
         let e = sample();
@@ -263,34 +389,76 @@ mod tests {
             }
         }
         assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), e);
-        let mut no_label = e.clone();
-        no_label.label = None;
-        no_label.retry_of = None;
-        no_label.retry_count = 0;
-        no_label.schedule_id = None;
-        no_label.verified_by = None;
-        no_label.request = None;
-        no_label.payload_ref = None;
+        let bare = without_options(&e);
+        let h = bare.to_headers();
+        assert_eq!(h.iter().count(), 1, "only the compact header: {h:?}");
+        assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), bare);
+    }
+
+    #[test]
+    fn printable_request_json_travels_as_it_is() {
+        let mut e = without_options(&sample());
+        e.request =
+            Some(r#"{"method":"POST","headers":{"user-agent":"GitHub-Hookshot 1"}}"#.into());
+        let h = e.to_headers();
         assert_eq!(
-            Envelope::from_headers(Some(&no_label.to_headers())).unwrap(),
-            no_label
+            h.get(REQUEST_JSON).map(|v| v.as_str()),
+            e.request.as_deref()
+        );
+        assert!(h.get(REQUEST).is_none());
+        assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), e);
+    }
+
+    #[test]
+    fn reads_the_one_header_per_field_form_of_earlier_versions() {
+        let e = sample();
+        assert_eq!(Envelope::from_headers(Some(&field_headers(&e))).unwrap(), e);
+        let bare = without_options(&e);
+        assert_eq!(
+            Envelope::from_headers(Some(&field_headers(&bare))).unwrap(),
+            bare
         );
     }
 
     #[test]
     fn refuses_what_it_cannot_trust() {
         assert_eq!(Envelope::from_headers(None), Err(EnvelopeError::NoHeaders));
-        let mut h = sample().to_headers();
+        let e = sample();
+        let compact = e.compact();
+        let tampered = [
+            compact.replacen("1 ", "2 ", 1),
+            compact.replace(&e.task_id, "../../etc"),
+            compact.replace(" 2 3600 ", " 7 3600 "),
+            compact.replace(" 3600 ", " x "),
+            format!("{compact} extra"),
+            compact.rsplit_once(' ').unwrap().0.to_string(),
+        ];
+        for value in tampered {
+            let mut h = e.to_headers();
+            h.insert(TASK, value.as_str());
+            assert_eq!(
+                Envelope::from_headers(Some(&h)),
+                Err(EnvelopeError::Malformed(TASK)),
+                "{value}"
+            );
+        }
+        let mut h = field_headers(&e);
         h.insert(PRIORITY, "7");
         assert_eq!(
             Envelope::from_headers(Some(&h)),
             Err(EnvelopeError::Malformed(PRIORITY))
         );
-        let mut h = sample().to_headers();
+        let mut h = field_headers(&e);
         h.insert(TASK_ID, "../../etc");
         assert_eq!(
             Envelope::from_headers(Some(&h)),
             Err(EnvelopeError::Malformed(TASK_ID))
+        );
+        let mut h = e.to_headers();
+        h.insert(RETRY_OF, "../x");
+        assert_eq!(
+            Envelope::from_headers(Some(&h)),
+            Err(EnvelopeError::Malformed(RETRY_OF))
         );
     }
 

@@ -369,33 +369,82 @@ const HIDDEN_HEADERS: [&str; 11] = [
 /// the method, the query without the token, the content type and the headers, less
 /// credentials and hop-by-hop headers.
 pub fn worker_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> String {
-    let query: Vec<&str> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !pair.starts_with("oauth="))
-        .collect();
-    let mut visible = serde_json::Map::new();
+    // Written straight into one buffer: this runs for every webhook.
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"method\":");
+    json_string(&mut out, method.as_str());
+    out.extend_from_slice(b",\"query\":\"");
+    let mut first = true;
+    for pair in uri.query().unwrap_or("").split('&') {
+        if pair.is_empty() || pair.starts_with("oauth=") {
+            continue;
+        }
+        if !first {
+            out.push(b'&');
+        }
+        first = false;
+        json_string_body(&mut out, pair);
+    }
+    out.extend_from_slice(b"\",\"content_type\":");
+    match headers.get(header::CONTENT_TYPE) {
+        Some(v) => json_string(&mut out, &String::from_utf8_lossy(v.as_bytes())),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"headers\":{");
+    let mut first = true;
     for name in headers.keys() {
         if HIDDEN_HEADERS.contains(&name.as_str()) {
             continue;
         }
-        let values: Vec<String> = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        visible.insert(name.as_str().to_string(), Value::String(values.join(", ")));
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_string(&mut out, name.as_str());
+        out.extend_from_slice(b":\"");
+        for (i, v) in headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            json_string_body(&mut out, &String::from_utf8_lossy(v.as_bytes()));
+        }
+        out.push(b'"');
     }
-    json!({
-        "method": method.as_str(),
-        "query": query.join("&"),
-        "content_type": headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        "headers": visible,
-    })
-    .to_string()
+    out.extend_from_slice(b"}}");
+    // Every piece is valid UTF-8 and JSON-escaped.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `s` as a JSON string, quotes included.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    json_string_body(out, s);
+    out.push(b'"');
+}
+
+/// `s` escaped for the inside of a JSON string.
+fn json_string_body(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x00..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        plain = i + 1;
+        if escaped.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escaped);
+        }
+    }
+    out.extend_from_slice(&bytes[plain..]);
 }
 
 #[derive(Debug, Deserialize)]
@@ -1036,6 +1085,45 @@ pub async fn method_not_allowed() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_sees_the_request_as_json_without_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-github-event", "push".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers.insert(header::AUTHORIZATION, "OAuth secret".parse().unwrap());
+        headers.insert(header::COOKIE, "s=1".parse().unwrap());
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", "b \"q\" \\ \t".parse().unwrap());
+        headers.insert(
+            "x-bytes",
+            header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        let uri: Uri = "/2/projects/p/tasks/webhook?code_name=x&oauth=T&a=%22b%22"
+            .parse()
+            .unwrap();
+        let text = worker_request(&Method::POST, &uri, &headers);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "method": "POST",
+                "query": "code_name=x&a=%22b%22",
+                "content_type": "application/json",
+                "headers": {
+                    "x-github-event": "push",
+                    "content-type": "application/json",
+                    "x-multi": "a, b \"q\" \\ \t",
+                    "x-bytes": "caf\u{fffd}",
+                }
+            })
+        );
+        let none = worker_request(&Method::GET, &"/x".parse().unwrap(), &HeaderMap::new());
+        assert_eq!(
+            serde_json::from_str::<Value>(&none).unwrap(),
+            json!({"method": "GET", "query": "", "content_type": null, "headers": {}})
+        );
+    }
 
     #[test]
     fn options_take_defaults_and_accept_floats() {

@@ -527,21 +527,18 @@ struct StartRow {
     project_id: String,
     status: String,
     code_id: String,
-    code_rev: i32,
     timeout: i32,
     lease_left_ms: Option<i64>,
     due_in_ms: i64,
     code_paused: Option<bool>,
+    /// The task's code revision, read in the same statement; `None` when it no longer exists.
+    command: Option<String>,
+    config: Option<String>,
+    env_vars: Option<sqlx::types::Json<HashMap<String, String>>>,
+    checksum: Option<String>,
+    /// The code's current max_concurrency (of its latest revision).
+    max_concurrency: Option<i32>,
 }
-
-/// command, config, env_vars, checksum of one code revision, and its code's max_concurrency.
-type RevisionRow = (
-    String,
-    Option<String>,
-    sqlx::types::Json<HashMap<String, String>>,
-    Option<String>,
-    Option<i32>,
-);
 
 /// How soon a task held back by its code's max_concurrency is offered again.
 const CONCURRENCY_RECHECK_MS: i64 = 250;
@@ -606,19 +603,7 @@ pub async fn start_task(
             reason: "delayed".into(),
         });
     }
-    let revision: Option<RevisionRow> = sqlx::query_as(
-        "SELECT r.command, r.config, r.env_vars, r.checksum,
-            (SELECT latest.max_concurrency FROM codes c
-              JOIN code_revisions latest ON latest.code_id = c.id AND latest.rev = c.rev
-              WHERE c.id = r.code_id) AS max_concurrency
-         FROM code_revisions r
-         WHERE r.code_id = $1 AND r.rev = $2",
-    )
-    .bind(&row.code_id)
-    .bind(row.code_rev)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((command, config, env_vars, checksum, max_concurrency)) = revision else {
+    let (Some(command), Some(env_vars)) = (row.command, row.env_vars) else {
         sqlx::query(
             "UPDATE tasks SET status = 'error', msg = 'The code revision no longer exists.',
                 error_class = 'Code Not Found', end_time = now(), updated_at = now()
@@ -630,7 +615,8 @@ pub async fn start_task(
         tx.commit().await?;
         return Ok(Start::Skip("error".into()));
     };
-    if let Some(max) = max_concurrency.filter(|m| *m > 0) {
+    let (config, checksum) = (row.config, row.checksum);
+    if let Some(max) = row.max_concurrency.filter(|m| *m > 0) {
         // The code's row lock serializes the starts of its tasks across runners, so the count
         // below cannot be raced past the limit.
         sqlx::query("SELECT 1 FROM codes WHERE id = $1 FOR UPDATE")
@@ -683,12 +669,18 @@ async fn lock_for_start(
     task_id: &str,
 ) -> Result<Option<StartRow>> {
     Ok(sqlx::query_as(
-        "SELECT project_id, status, code_id, code_rev, timeout,
-            (EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000)::int8 AS lease_left_ms,
-            GREATEST(0, (EXTRACT(EPOCH FROM (created_at + delay * interval '1 second' - now()))
+        "SELECT t.project_id, t.status, t.code_id, t.timeout,
+            (EXTRACT(EPOCH FROM (t.lease_expires_at - now())) * 1000)::int8 AS lease_left_ms,
+            GREATEST(0, (EXTRACT(EPOCH FROM (t.created_at + t.delay * interval '1 second' - now()))
                 * 1000)::int8) AS due_in_ms,
-            (SELECT paused FROM codes WHERE codes.id = tasks.code_id) AS code_paused
-         FROM tasks WHERE id = $1 FOR UPDATE OF tasks",
+            c.paused AS code_paused,
+            r.command, r.config, r.env_vars, r.checksum,
+            latest.max_concurrency
+         FROM tasks t
+         LEFT JOIN codes c ON c.id = t.code_id
+         LEFT JOIN code_revisions r ON r.code_id = t.code_id AND r.rev = t.code_rev
+         LEFT JOIN code_revisions latest ON latest.code_id = c.id AND latest.rev = c.rev
+         WHERE t.id = $1 FOR UPDATE OF t",
     )
     .bind(task_id)
     .fetch_optional(&mut **tx)

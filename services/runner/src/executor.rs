@@ -70,7 +70,8 @@ pub trait Executor: Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
 }
 
-/// Runs workers as local processes: `sh -c "<command> \"$@\""` with IronWorker's arguments and
+/// Runs workers as local processes: `sh -c "<command> \"$@\""` (or the command's words directly
+/// when it needs no shell) with IronWorker's arguments and
 /// environment, in a fresh task directory holding a copy of the package, in its own process
 /// group so a timeout or a cancel kills the worker and everything it started.
 pub struct ProcessExecutor {
@@ -135,41 +136,73 @@ impl ProcessExecutor {
             None => None,
         };
 
-        let mut command = tokio::process::Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(format!("{} \"$@\"", job.command))
-            .arg("workhook-worker")
-            .arg("-payload")
-            .arg(&payload_file)
-            .arg("-config")
-            .arg(&config_file)
-            .arg("-id")
-            .arg(&job.task_id)
-            .arg("-d")
-            .arg(&work)
-            .current_dir(&work)
-            .env_clear();
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
+        let worker_args = [
+            "-payload".as_ref(),
+            payload_file.as_os_str(),
+            "-config".as_ref(),
+            config_file.as_os_str(),
+            "-id".as_ref(),
+            job.task_id.as_ref(),
+            "-d".as_ref(),
+            work.as_os_str(),
+        ];
+        let prepare = |command: &mut tokio::process::Command| {
+            command
+                .args(worker_args)
+                .current_dir(&work)
+                .env_clear()
+                .envs(
+                    INHERITED_ENV
+                        .iter()
+                        .filter_map(|name| std::env::var_os(name).map(|value| (*name, value))),
+                )
+                .env("HOME", &work)
+                .env("PAYLOAD_FILE", &payload_file)
+                .env("CONFIG_FILE", &config_file)
+                .env("TASK_ID", &job.task_id)
+                .env("TASK_DIR", &work)
+                .envs(job.extra_env.iter().map(|(k, v)| (*k, v)))
+                .envs(request_file.iter().map(|p| ("WORKHOOK_REQUEST_FILE", p)))
+                .envs(&job.env_vars)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+        };
+        // A plain command line (`python3 worker.py`) is executed directly: one exec fewer than
+        // `sh -c` per task. Anything the shell would interpret, a builtin, or a program that is
+        // program that cannot be started (so that sh reports why, as it always has) goes
+        // through `sh -c`.
+        let direct = plain_words(&job.command).map(|words| {
+            // `./run` means the task directory's, as it does for the shell started there.
+            let program = match words[0] {
+                p if p.contains('/') => work.join(p),
+                p => PathBuf::from(p),
+            };
+            let mut command = tokio::process::Command::new(program);
+            command.args(&words[1..]);
+            prepare(&mut command);
+            command
+        });
+        let spawned = match direct.map(|mut c| c.spawn()) {
+            Some(Ok(child)) => Some(Ok(child)),
+            // Not found, not executable: sh says so in the words the worker's author knows.
+            Some(Err(_)) | None => None,
+        };
+        let spawned = match spawned {
+            Some(spawned) => spawned,
+            None => {
+                let mut command = tokio::process::Command::new("/bin/sh");
+                command
+                    .arg("-c")
+                    .arg(format!("{} \"$@\"", job.command))
+                    .arg("workhook-worker");
+                prepare(&mut command);
+                command.spawn()
             }
-        }
-        command
-            .env("HOME", &work)
-            .env("PAYLOAD_FILE", &payload_file)
-            .env("CONFIG_FILE", &config_file)
-            .env("TASK_ID", &job.task_id)
-            .env("TASK_DIR", &work)
-            .envs(job.extra_env.iter().map(|(k, v)| (*k, v)))
-            .envs(request_file.iter().map(|p| ("WORKHOOK_REQUEST_FILE", p)))
-            .envs(&job.env_vars)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn()?;
+        };
+        let mut child = spawned?;
         let pgid = child.id().map(|id| id as i32);
         let stdout = child
             .stdout
@@ -221,6 +254,31 @@ impl ProcessExecutor {
             End::Stopped => Outcome::Stopped,
         })
     }
+}
+
+/// The words of a command line that `sh` would split on blanks and run as it is: no quoting,
+/// expansion, redirection, globbing, assignment or operator, and not a shell builtin or
+/// keyword. None when the shell is needed.
+fn plain_words(command: &str) -> Option<Vec<&str>> {
+    const SHELL_ONLY: &[&str] = &[
+        ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
+        "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for",
+        "getopts", "hash", "if", "jobs", "local", "read", "readonly", "return", "set", "shift",
+        "source", "then", "times", "trap", "type", "ulimit", "umask", "unalias", "unset", "until",
+        "wait", "while",
+    ];
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_./,:+@%=".contains(&b);
+    if !command.bytes().all(|b| plain(b) || b == b' ' || b == b'\t') {
+        return None;
+    }
+    let words: Vec<&str> = command
+        .split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let first = *words.first()?;
+    let builtin = SHELL_ONLY.contains(&first);
+    // `NAME=value cmd` is an assignment, which only the shell performs.
+    (!builtin && !first.contains('=')).then_some(words)
 }
 
 fn outcome(status: ExitStatus, stderr_tail: String) -> Outcome {
@@ -279,6 +337,38 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_command_lines_skip_the_shell() {
+        assert_eq!(
+            plain_words("python3  worker.py --mode=fast"),
+            Some(vec!["python3", "worker.py", "--mode=fast"])
+        );
+        assert_eq!(plain_words("./run"), Some(vec!["./run"]));
+        assert_eq!(plain_words("true"), Some(vec!["true"]));
+        for shell in [
+            "",
+            "  ",
+            "exit 0",
+            "cd x",
+            "FOO=1 env",
+            "echo $HOME",
+            "echo 'a b'",
+            "echo \"a\"",
+            "ls *.py",
+            "a | b",
+            "a && b",
+            "a; b",
+            "a > f",
+            "echo ~",
+            "echo `id`",
+            "a\nb",
+            "if true",
+            "echo a\\ b",
+        ] {
+            assert_eq!(plain_words(shell), None, "{shell:?}");
+        }
+    }
 
     #[test]
     fn exit_statuses_map_to_outcomes() {
