@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use workhook_proto::{self as pb, registry_client::RegistryClient};
 
+pub mod telemetry;
+
 /// Oldest nats-server the suite (and workhook) supports.
 pub const MIN_NATS: (u32, u32) = (2, 10);
 

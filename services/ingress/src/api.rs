@@ -227,7 +227,17 @@ fn number(v: Option<String>, field: &str) -> ApiResult<Option<f64>> {
 }
 
 /// `POST /2/projects/{P}/tasks/webhook?code_name=X`: the raw body becomes the payload of a new
-/// task; the answer comes only once JetStream holds it.
+/// task; the answer comes only once JetStream holds it. The `webhook` span is the root of the
+/// task's trace: its context travels with the message to the runner.
+#[tracing::instrument(name = "webhook", skip_all, fields(
+    otel.kind = "server",
+    %project_id,
+    code_name = q.as_ref().map_or("", |q| q.code_name.as_deref().unwrap_or("")),
+    task_id = tracing::field::Empty,
+    trace_id = tracing::field::Empty,
+    http.response.status_code = tracing::field::Empty,
+    otel.status_code = tracing::field::Empty,
+))]
 pub async fn webhook(
     State(app): State<App>,
     Path(project_id): Path<String>,
@@ -237,9 +247,28 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    workhook_core::telemetry::record_trace_id(&tracing::Span::current());
     let answer = queue_webhook(&app, project_id, q, method, uri, headers, body).await;
     app.metrics.webhook(answer.as_ref().map(|_| ()));
+    record_answer(&answer);
     answer
+}
+
+/// The answer's status on the current (request) span, for its trace; a 5xx marks the span as
+/// failed.
+fn record_answer<T>(answer: &ApiResult<T>) {
+    if !workhook_core::telemetry::tracing_enabled() {
+        return;
+    }
+    let status = match answer {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 async fn queue_webhook(
@@ -296,6 +325,7 @@ async fn queue_webhook(
     }
     envelope.verified_by = verified.map(|v| v.scheme.to_string());
     envelope.request = Some(worker_request(&method, &uri, &headers));
+    tracing::Span::current().record("task_id", envelope.task_id.as_str());
     app.publish_large(&mut envelope, payload).await?;
     Ok(Json(json!({ "id": envelope.task_id, "msg": "Queued up." })))
 }
@@ -430,10 +460,31 @@ struct QueueTask {
     options: RawOptions,
 }
 
-/// `POST /2/projects/{P}/tasks`: queues a batch of tasks, as the official clients send it.
+/// `POST /2/projects/{P}/tasks`: queues a batch of tasks, as the official clients send it. Each
+/// task's trace starts at the `queue_tasks` span.
+#[tracing::instrument(name = "queue_tasks", skip_all, fields(
+    otel.kind = "server",
+    %project_id,
+    tasks = tracing::field::Empty,
+    trace_id = tracing::field::Empty,
+    http.response.status_code = tracing::field::Empty,
+    otel.status_code = tracing::field::Empty,
+))]
 pub async fn queue_tasks(
     State(app): State<App>,
     Path(project_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    workhook_core::telemetry::record_trace_id(&tracing::Span::current());
+    let answer = queue_batch(app, project_id, headers, body).await;
+    record_answer(&answer);
+    answer
+}
+
+async fn queue_batch(
+    app: App,
+    project_id: String,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
@@ -446,6 +497,7 @@ pub async fn queue_tasks(
         .tasks
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::BadRequest("tasks must hold at least one task".into()))?;
+    tracing::Span::current().record("tasks", tasks.len());
     for _ in &tasks {
         app.rate_limit(&project_id)?;
     }
@@ -898,10 +950,33 @@ struct RetryRequest {
 }
 
 /// `POST /2/projects/{P}/tasks/{T}/retry`: queues the task again as a new task (new id,
-/// `retry_count` + 1, `retry_of` the original), running the revision the original ran.
+/// `retry_count` + 1, `retry_of` the original), running the revision the original ran. The new
+/// task's trace starts at the `retry_task` span.
+#[tracing::instrument(name = "retry_task", skip_all, fields(
+    otel.kind = "server",
+    %project_id,
+    retry_of = %task_id,
+    task_id = tracing::field::Empty,
+    trace_id = tracing::field::Empty,
+    http.response.status_code = tracing::field::Empty,
+    otel.status_code = tracing::field::Empty,
+))]
 pub async fn retry_task(
     State(app): State<App>,
     Path((project_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    workhook_core::telemetry::record_trace_id(&tracing::Span::current());
+    let answer = queue_retry(app, project_id, task_id, headers, body).await;
+    record_answer(&answer);
+    answer
+}
+
+async fn queue_retry(
+    app: App,
+    project_id: String,
+    task_id: String,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
@@ -954,6 +1029,7 @@ pub async fn retry_task(
         request: None,
         payload_ref: original.payload_ref,
     };
+    tracing::Span::current().record("task_id", envelope.task_id.as_str());
     app.publish(&envelope, original.payload).await?;
     Ok(Json(
         json!({ "msg": "Queued up", "tasks": [{ "id": envelope.task_id }] }),

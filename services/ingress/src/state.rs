@@ -313,9 +313,11 @@ impl AppState {
             ));
         }
         let subject = self.layout.subject_for(envelope);
+        let mut headers = envelope.to_headers();
+        workhook_core::telemetry::inject(&mut headers);
         let message = jetstream::message::PublishMessage::build()
             .payload(payload)
-            .headers(envelope.to_headers())
+            .headers(headers)
             .message_id(envelope.task_id.as_str());
         let started = std::time::Instant::now();
         let acked = tokio::time::timeout(self.publish_timeout, async {

@@ -7,15 +7,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    workhook_core::telemetry::init_logging();
+    let telemetry = workhook_core::telemetry::init("workhook-registry")?;
     let config = workhook_registry::Config::parse();
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let admin = workhook_core::metrics::bind_admin(config.metrics_addr).await?;
-    workhook_registry::run(
+    let ran = workhook_registry::run(
         config,
         listener,
         admin,
         workhook_core::shutdown::on_signal(),
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    ran
 }

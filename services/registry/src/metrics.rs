@@ -14,6 +14,7 @@ use prometheus_client::{
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use workhook_core::metrics::{latency_histogram, GaugeFamily, HistogramFamily};
 use workhook_core::stream::PRIORITIES;
 
@@ -107,7 +108,9 @@ impl RegistryMetrics {
     }
 }
 
-/// A tower layer that times every gRPC call by method.
+/// A tower layer that times every gRPC call by method, and runs it in a `grpc` span (the
+/// handlers record the task id in it). With traces on, the span continues the caller's trace
+/// (the `traceparent` metadata a runner sends).
 #[derive(Clone)]
 pub struct GrpcTiming(pub Arc<RegistryMetrics>);
 
@@ -149,16 +152,30 @@ where
             .next()
             .unwrap_or("")
             .to_string();
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %format_args!("Registry/{method}"),
+            otel.kind = "server",
+            rpc.method = %method,
+            task_id = tracing::field::Empty,
+        );
+        workhook_core::telemetry::set_parent_from_http(&span, request.headers());
         let started = Instant::now();
-        let call = self.inner.call(request);
+        let call = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
         let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let answer = call.await;
-            metrics
-                .grpc_seconds
-                .get_or_create(&vec![("method", method)])
-                .observe(started.elapsed().as_secs_f64());
-            answer
-        })
+        Box::pin(
+            async move {
+                let answer = call.await;
+                metrics
+                    .grpc_seconds
+                    .get_or_create(&vec![("method", method)])
+                    .observe(started.elapsed().as_secs_f64());
+                answer
+            }
+            .instrument(span),
+        )
     }
 }

@@ -11,6 +11,7 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use workhook_core::{ids, stream::Layout, Envelope, Source};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -132,13 +133,24 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                     request: None,
                     payload_ref: None,
                 };
+                // A scheduled run's trace starts here: the runner's task span is its child.
+                let span = tracing::info_span!(
+                    "schedule",
+                    otel.kind = "producer",
+                    schedule_id = %s.id,
+                    task_id = %envelope.task_id,
+                );
+                let mut headers = envelope.to_headers();
+                workhook_core::telemetry::inject_span(&span, &mut headers);
                 let message = jetstream::message::PublishMessage::build()
                     .payload(s.payload.clone().into())
-                    .headers(envelope.to_headers())
+                    .headers(headers)
                     .message_id(envelope.task_id.as_str());
                 let subject = layout.subject_for(&envelope);
                 // Not durable means not run: leave the schedule as it is and try next tick.
-                js.send_publish(subject, message).await?.await?;
+                async { js.send_publish(subject, message).await?.await }
+                    .instrument(span)
+                    .await?;
             }
             _ => {
                 error = true;

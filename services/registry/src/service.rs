@@ -59,6 +59,11 @@ fn per_page(asked: u32) -> u32 {
     }
 }
 
+/// The task a runner's call is about, on the call's span (so its log lines carry it).
+fn record_task_id(task_id: &str) {
+    tracing::Span::current().record("task_id", task_id);
+}
+
 fn need_id(what: &'static str, id: &str) -> Result<(), Status> {
     if ids::is_id(id) {
         Ok(())
@@ -106,9 +111,12 @@ impl RegistryService {
         payload: Vec<u8>,
     ) -> Result<(), Status> {
         let subject = self.layout.subject_for(envelope);
+        let mut headers = envelope.to_headers();
+        // The retry continues the trace of the attempt that failed (this call's span).
+        workhook_core::telemetry::inject(&mut headers);
         let message = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.into())
-            .headers(envelope.to_headers())
+            .headers(headers)
             .message_id(envelope.task_id.as_str());
         let acked = async {
             self.js.send_publish(subject, message).await?.await?;
@@ -526,6 +534,7 @@ impl Registry for RegistryService {
             .envelope
             .ok_or_else(|| RegistryError::InvalidArgument("no envelope".into()))?;
         need_id("task", &envelope.task_id)?;
+        record_task_id(&envelope.task_id);
         let lease_ms = req.lease_ms.clamp(1_000, 600_000);
         let decision = match store::start_task(
             &self.pool,
@@ -554,6 +563,7 @@ impl Registry for RegistryService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = req.into_inner();
+        record_task_id(&req.task_id);
         let lease_ms = req.lease_ms.clamp(1_000, 600_000);
         let keep_running =
             store::heartbeat(&self.pool, &req.task_id, req.attempt, lease_ms).await?;
@@ -565,6 +575,7 @@ impl Registry for RegistryService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let req = req.into_inner();
+        record_task_id(&req.task_id);
         store::release_task(&self.pool, &req.task_id, req.attempt).await?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -574,6 +585,7 @@ impl Registry for RegistryService {
         req: Request<pb::AppendLogRequest>,
     ) -> Result<Response<pb::AppendLogResponse>, Status> {
         let req = req.into_inner();
+        record_task_id(&req.task_id);
         let done = store::append_log(
             &self.pool,
             &req.task_id,
@@ -594,6 +606,7 @@ impl Registry for RegistryService {
         req: Request<pb::FinishTaskRequest>,
     ) -> Result<Response<pb::FinishTaskResponse>, Status> {
         let req = req.into_inner();
+        record_task_id(&req.task_id);
         let finished = store::finish_task(
             &self.pool,
             &req.task_id,

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 use workhook_core::stream::{Layout, PRIORITIES};
 use workhook_core::Envelope;
 use workhook_proto::{self as pb, registry_client::RegistryClient};
@@ -30,8 +31,16 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Past a pull's own expiry, how long the runner waits before giving the pull up for lost.
 const FETCH_DEADLINE: Duration = Duration::from_secs(2);
 
+/// The registry client; its calls carry the current span's trace context (when traces are on).
+pub(crate) type Registry = RegistryClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        workhook_core::telemetry::GrpcTraceContext,
+    >,
+>;
+
 struct Runner {
-    registry: RegistryClient<Channel>,
+    registry: Registry,
     /// Stop tokens of the tasks running here, by task id, for cancel announcements.
     running: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
     packages: package::PackageCache,
@@ -83,7 +92,8 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect_lazy();
-    let registry = RegistryClient::new(channel);
+    let registry =
+        RegistryClient::with_interceptor(channel, workhook_core::telemetry::GrpcTraceContext);
     let runner_id = config.runner_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
@@ -384,7 +394,7 @@ impl Runner {
     async fn handle(
         self: Arc<Self>,
         message: jetstream::Message,
-        _slot: OwnedSemaphorePermit,
+        slot: OwnedSemaphorePermit,
         abandon: CancellationToken,
     ) {
         let envelope = match Envelope::from_headers(message.headers.as_ref()) {
@@ -395,17 +405,55 @@ impl Runner {
                 return;
             }
         };
+        // Everything done for this delivery of the task happens in this span, spawned work
+        // included, so every log line carries the task id; with traces on, it continues the
+        // trace that queued the task (the message's traceparent).
+        let span = tracing::info_span!(
+            "task",
+            otel.kind = "consumer",
+            task_id = %envelope.task_id,
+            project_id = %envelope.project_id,
+            code_name = %envelope.code_name,
+            attempt = tracing::field::Empty,
+            task.status = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        workhook_core::telemetry::set_parent_from(&span, message.headers.as_ref());
+        let status = self
+            .handle_task(message, envelope, slot, abandon)
+            .instrument(span.clone())
+            .await;
+        span.record("task.status", status);
+        if matches!(status, "error" | "timeout") {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+
+    /// Runs one delivery of a task; returns what became of it: the final status, or `skipped`,
+    /// `deferred`, `not_started`, `handed_back`, `not_reported`.
+    async fn handle_task(
+        &self,
+        message: jetstream::Message,
+        envelope: Envelope,
+        _slot: OwnedSemaphorePermit,
+        abandon: CancellationToken,
+    ) -> &'static str {
         let due_in = envelope.due_at() - now_ms();
         if due_in > 0 {
             nak(&message, Duration::from_millis(due_in as u64)).await;
-            return;
+            return "deferred";
         }
-        let run = match self.start(&envelope, &message).await {
+        let started = self
+            .start(&envelope, &message)
+            .instrument(tracing::info_span!("start_task"))
+            .await;
+        let run = match started {
             Ok(pb::start_task_response::Decision::Run(run)) => run,
             Ok(pb::start_task_response::Decision::Skip(skip)) => {
                 tracing::debug!(task_id = %envelope.task_id, reason = %skip.reason, "skipped");
                 let _ = message.double_ack().await;
-                return;
+                return "skipped";
             }
             Ok(pb::start_task_response::Decision::Defer(defer)) => {
                 tracing::debug!(task_id = %envelope.task_id, reason = %defer.reason, "deferred");
@@ -414,15 +462,16 @@ impl Runner {
                     Duration::from_millis(defer.retry_after_ms.max(100) as u64),
                 )
                 .await;
-                return;
+                return "deferred";
             }
             Ok(pb::start_task_response::Decision::NeedPayload(_)) | Err(_) => {
                 nak(&message, Duration::from_secs(1)).await;
-                return;
+                return "not_started";
             }
         };
         let task_id = envelope.task_id.clone();
         let attempt = run.attempt;
+        tracing::Span::current().record("attempt", attempt);
         tracing::info!(%task_id, attempt, code = %envelope.code_name, "running");
 
         // Keep both leases alive while the task is ours: the message's (ack progress) and the
@@ -432,14 +481,17 @@ impl Runner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(task_id.clone(), stop.clone());
-        let keeper = tokio::spawn(keep_lease(
-            self.registry.clone(),
-            message.clone(),
-            task_id.clone(),
-            attempt,
-            self.lease,
-            stop.clone(),
-        ));
+        let keeper = tokio::spawn(
+            keep_lease(
+                self.registry.clone(),
+                message.clone(),
+                task_id.clone(),
+                attempt,
+                self.lease,
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
 
         self.metrics.slots_busy.inc();
         let started = std::time::Instant::now();
@@ -479,17 +531,18 @@ impl Runner {
                 tracing::warn!(%task_id, error = %e, "handing the task back failed; its lease will lapse");
             }
             nak(&message, Duration::ZERO).await;
-            return;
+            return "handed_back";
         }
         if !lost {
             if let Err(e) = self
                 .finish(&task_id, attempt, status, &msg, &error_class)
+                .instrument(tracing::info_span!("finish_task", task.status = status))
                 .await
             {
                 tracing::error!(%task_id, error = %e, "could not report the result; the task will run again");
                 keeper.abort();
                 nak(&message, Duration::ZERO).await;
-                return;
+                return "not_reported";
             }
         }
         keeper.abort();
@@ -499,6 +552,7 @@ impl Runner {
         self.metrics
             .finished(&envelope.code_name, status, started.elapsed().as_secs_f64());
         tracing::info!(%task_id, attempt, status, "finished");
+        status
     }
 
     async fn start(
@@ -568,7 +622,12 @@ impl Runner {
         let package = if run.checksum.is_empty() {
             None
         } else {
-            Some(self.packages.get(&run.checksum).await?)
+            Some(
+                self.packages
+                    .get(&run.checksum)
+                    .instrument(tracing::info_span!("fetch_package"))
+                    .await?,
+            )
         };
         let (tx, rx) = mpsc::channel(64);
         let shipper = tokio::spawn(
@@ -577,7 +636,8 @@ impl Runner {
                 task_id: envelope.task_id.clone(),
                 attempt: run.attempt,
             }
-            .run(rx),
+            .run(rx)
+            .in_current_span(),
         );
         let mut extra_env = vec![
             ("WORKHOOK_PROJECT_ID", envelope.project_id.clone()),
@@ -598,7 +658,11 @@ impl Runner {
             extra_env,
             request: envelope.request.clone(),
         };
-        let outcome = self.executor.run(job, tx, stop).await;
+        let outcome = self
+            .executor
+            .run(job, tx, stop)
+            .instrument(tracing::info_span!("run_worker"))
+            .await;
         let _ = shipper.await;
         outcome
     }
@@ -648,7 +712,7 @@ impl Runner {
 /// Renews the message's ack deadline and the registry's lease every third of the lease, until
 /// aborted; cancels `stop` if the registry says the task is no longer this attempt's.
 async fn keep_lease(
-    registry: RegistryClient<Channel>,
+    registry: Registry,
     message: jetstream::Message,
     task_id: String,
     attempt: i32,

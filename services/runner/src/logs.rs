@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
-use workhook_proto::{self as pb, registry_client::RegistryClient};
+use workhook_proto as pb;
 
 /// A batch is sent when it holds this much, or when it is this old.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -22,7 +21,7 @@ pub struct Output {
 }
 
 pub struct LogShipper {
-    pub registry: RegistryClient<Channel>,
+    pub registry: crate::Registry,
     pub task_id: String,
     pub attempt: i32,
 }
@@ -58,8 +57,9 @@ impl LogShipper {
             }
         }
         if !batch.is_empty() && !full {
-            self.send(&mut batch).await;
+            full = self.send(&mut batch).await;
         }
+        tracing::debug!(log_full = full, "the worker's output is shipped");
     }
 
     /// Sends and empties the batch; returns whether the task's log is now full.

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use tonic::transport::Channel;
-use workhook_proto::{self as pb, registry_client::RegistryClient};
+use workhook_proto as pb;
 
 pub struct PackageCache {
     dir: PathBuf,
-    registry: RegistryClient<Channel>,
+    registry: crate::Registry,
     /// One lock per checksum, so concurrent tasks of one code download it once.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -20,7 +19,7 @@ fn valid_checksum(checksum: &str) -> bool {
 }
 
 impl PackageCache {
-    pub fn new(dir: PathBuf, registry: RegistryClient<Channel>) -> Self {
+    pub fn new(dir: PathBuf, registry: crate::Registry) -> Self {
         Self {
             dir,
             registry,

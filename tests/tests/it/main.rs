@@ -10,5 +10,6 @@ mod metrics;
 mod priorities;
 mod routes;
 mod shutdown;
+mod traces;
 mod webhooks;
 mod worker;
