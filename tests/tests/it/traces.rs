@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
-use workhook_core::envelope::{RETRY_OF, TASK_ID};
+use workhook_core::envelope::RETRY_OF;
+
+/// Every task message's `Nats-Msg-Id` is its task id.
+const TASK_ID: &str = "Nats-Msg-Id";
 use workhook_core::telemetry::{self, Telemetry, TelemetryConfig};
 use workhook_tests::telemetry::{CollectedSpan, LogLines, OtlpCollector};
 use workhook_tests::{Project, Stack};
