@@ -1,6 +1,7 @@
 //! The routes of the IronWorker v2 API that the ingress serves.
 
 use std::sync::atomic::Ordering;
+use tracing::Instrument;
 
 use axum::{
     body::Body,
@@ -227,17 +228,8 @@ fn number(v: Option<String>, field: &str) -> ApiResult<Option<f64>> {
 }
 
 /// `POST /2/projects/{P}/tasks/webhook?code_name=X`: the raw body becomes the payload of a new
-/// task; the answer comes only once JetStream holds it. The `webhook` span is the root of the
-/// task's trace: its context travels with the message to the runner.
-#[tracing::instrument(name = "webhook", skip_all, fields(
-    otel.kind = "server",
-    %project_id,
-    code_name = q.as_ref().map_or("", |q| q.code_name.as_deref().unwrap_or("")),
-    task_id = tracing::field::Empty,
-    trace_id = tracing::field::Empty,
-    http.response.status_code = tracing::field::Empty,
-    otel.status_code = tracing::field::Empty,
-))]
+/// task; the answer comes only once JetStream holds it. With traces on, the `webhook` span is the
+/// root of the task's trace: its context travels with the message to the runner.
 pub async fn webhook(
     State(app): State<App>,
     Path(project_id): Path<String>,
@@ -247,11 +239,31 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    workhook_core::telemetry::record_trace_id(&tracing::Span::current());
-    let answer = queue_webhook(&app, project_id, q, method, uri, headers, body).await;
-    app.metrics.webhook(answer.as_ref().map(|_| ()));
-    record_answer(&answer);
-    answer
+    // With traces off, the span would only repeat what the few log lines of this path carry
+    // themselves, at a cost on every webhook: it exists for traces.
+    let span = if workhook_core::telemetry::tracing_enabled() {
+        tracing::info_span!(
+            "webhook",
+            otel.kind = "server",
+            %project_id,
+            code_name = q.as_ref().map_or("", |q| q.code_name.as_deref().unwrap_or("")),
+            task_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    async move {
+        workhook_core::telemetry::record_trace_id(&tracing::Span::current());
+        let answer = queue_webhook(&app, project_id, q, method, uri, headers, body).await;
+        app.metrics.webhook(answer.as_ref().map(|_| ()));
+        record_answer(&answer);
+        answer
+    }
+    .instrument(span)
+    .await
 }
 
 /// The answer's status on the current (request) span, for its trace; a 5xx marks the span as
