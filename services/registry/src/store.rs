@@ -857,6 +857,30 @@ pub async fn finish_task<'c>(
             "{status:?} is not a final status"
         )));
     }
+    if status == "complete" {
+        // Nothing to retry: one statement, committed on its own, rather than a transaction
+        // held open for a retry's publish.
+        let done = sqlx::query(
+            "UPDATE tasks SET status = 'complete', msg = $3, error_class = $4, end_time = now(),
+                updated_at = now(), lease_expires_at = NULL, percent = 100
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+        )
+        .bind(task_id)
+        .bind(attempt)
+        .bind(msg)
+        .bind(error_class)
+        .execute(pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Finished {
+                recorded: true,
+                status: status.to_string(),
+                retry: None,
+                tx: None,
+            });
+        }
+        return not_recorded(pool, task_id).await;
+    }
     let mut tx = pool.begin().await?;
     let updated: Option<FinishedRow> = sqlx::query_as(
         "UPDATE tasks t SET status = $3, msg = $4, error_class = $5, end_time = now(),
@@ -910,9 +934,15 @@ pub async fn finish_task<'c>(
             tx: Some(tx),
         });
     }
+    drop(tx);
+    not_recorded(pool, task_id).await
+}
+
+/// The answer to a report that no longer matches the task's attempt: its current status.
+async fn not_recorded<'c>(pool: &PgPool, task_id: &str) -> Result<Finished<'c>> {
     let current: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = $1")
         .bind(task_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(pool)
         .await?;
     match current {
         Some((status,)) => Ok(Finished {
