@@ -102,9 +102,7 @@ pub async fn run(
     });
     let runner = Arc::new(Runner {
         packages: package::PackageCache::new(config.dir.join("packages"), registry.clone()),
-        executor: ProcessExecutor {
-            tasks_dir: config.dir.join("tasks"),
-        },
+        executor: ProcessExecutor::new(&config.dir.join("tasks"), &runner_id),
         registry,
         running: Default::default(),
         runner_id,
@@ -150,13 +148,19 @@ pub async fn run(
     puller.run(&shutdown).await;
 
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(config.drain_secs), tracker.wait())
+    let mut drained = tokio::time::timeout(Duration::from_secs(config.drain_secs), tracker.wait())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !drained {
         tracing::warn!("drain deadline passed; handing running tasks back");
         abandon.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        drained = tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .is_ok();
+    }
+    if drained {
+        // No task runs any more: what the slot directories hold is of no use to anyone.
+        runner.executor.remove_dirs();
     }
     listener.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), nats.drain()).await;
