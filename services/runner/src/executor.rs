@@ -509,25 +509,23 @@ mod tests {
         std::fs::write(root.join("stray"), "left").unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("config")).unwrap();
         prepare_slot(&root, &work, Some(&package)).unwrap();
-        let mut names: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["payload", "task"]);
-        let mut task: Vec<_> = std::fs::read_dir(&work)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        task.sort();
-        assert_eq!(task, ["lib", "run.sh"]);
+        let names = |dir: &Path| {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&root), ["payload", "task"]);
+        assert_eq!(names(&work), ["lib", "run.sh"]);
         assert_eq!(
             std::fs::read_to_string(work.join("run.sh")).unwrap(),
             "exit 0"
         );
         assert!(!dir.path().join("elsewhere").exists());
         prepare_slot(&root, &work, None).unwrap();
-        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+        assert!(names(&work).is_empty());
     }
 
     #[test]
