@@ -188,6 +188,24 @@ async fn the_worker_sees_the_request_headers_but_no_credentials() {
     assert!(!text.contains(&p.token), "the token leaked: {text}");
     assert!(!text.contains("session=secret"), "a cookie leaked: {text}");
     assert!(request["headers"].get("authorization").is_none());
+
+    // A delayed task is published again from Postgres when it is due: the request goes with it.
+    let r = post(
+        &stack,
+        &p,
+        "w&delay=1",
+        "{}",
+        &[("X-GitHub-Event", "ping".into())],
+    )
+    .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(stack.wait_done(&p, &id, WITHIN).await["status"], "complete");
+    let request: Value = serde_json::from_slice(&stack.log(&p, &id).await).unwrap();
+    assert_eq!(request["headers"]["x-github-event"], "ping");
+    assert_eq!(request["query"], "code_name=w&delay=1&label=gh");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
