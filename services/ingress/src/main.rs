@@ -1,10 +1,5 @@
 use clap::Parser;
 
-/// A faster allocator than glibc's for many small, short-lived allocations (see
-/// docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = workhook_core::telemetry::init("workhook-ingress")?;
