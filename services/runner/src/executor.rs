@@ -160,28 +160,63 @@ impl ProcessExecutor {
 
 /// Makes `root` ready for a new task: an empty `task` directory holding a fresh copy of the
 /// package, and nothing else the last task in this slot left but the regular files every task
-/// rewrites. Reusing the slot's directory rather than creating and deleting a tree per task
+/// rewrites. Reusing the slot's directories rather than creating and deleting a tree per task
 /// spares the file system most of its inode allocations, which on ext4 cost the runner 0.4-2.4 ms
-/// of CPU per task (docs/BENCHMARKS.md).
+/// of CPU per task (docs/BENCHMARKS.md). What cannot be cleared (a worker may take the
+/// permissions away from what it made) is moved aside whole, and the slot starts afresh: no
+/// worker can break its slot for the tasks after it.
 fn prepare_slot(root: &Path, work: &Path, package: Option<&Path>) -> std::io::Result<()> {
+    if let Err(e) = clear_slot(root) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let aside = root.with_extension(format!("abandoned-{nanos}"));
+        tracing::warn!(slot = %root.display(), aside = %aside.display(), error = %e,
+            "the last task's files cannot be removed; moving the slot's directory aside");
+        std::fs::rename(root, &aside)?;
+        std::fs::create_dir_all(root)?;
+    }
+    match package {
+        Some(package) => crate::package::copy_tree(package, work),
+        None => std::fs::create_dir_all(work),
+    }
+}
+
+/// Empties `root` but for the files every task rewrites and the `task` directory itself, which
+/// is emptied.
+fn clear_slot(root: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(root)?;
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
         let kind = entry.file_type()?;
-        let kept = kind.is_file() && KEPT_FILES.iter().any(|f| entry.file_name() == *f);
-        if kept {
+        let name = entry.file_name();
+        if kind.is_file() && KEPT_FILES.iter().any(|f| name == *f) {
             continue;
         }
-        if kind.is_dir() {
-            std::fs::remove_dir_all(entry.path())?;
+        if kind.is_dir() && name == "task" {
+            clear_dir(&entry.path())?;
         } else {
-            // Files, and symlinks (never followed) a worker may have left.
-            std::fs::remove_file(entry.path())?;
+            remove(&entry.path(), kind)?;
         }
     }
-    match package {
-        Some(package) => crate::package::copy_tree(package, work),
-        None => std::fs::create_dir(work),
+    Ok(())
+}
+
+fn clear_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        remove(&entry.path(), entry.file_type()?)?;
+    }
+    Ok(())
+}
+
+/// Removes a directory tree, a file or a symlink (never followed).
+fn remove(path: &Path, kind: std::fs::FileType) -> std::io::Result<()> {
+    if kind.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 
@@ -526,6 +561,16 @@ mod tests {
         assert!(!dir.path().join("elsewhere").exists());
         prepare_slot(&root, &work, None).unwrap();
         assert!(names(&work).is_empty());
+        // A task directory replaced by a symlink: the link goes, not what it points to.
+        let elsewhere = dir.path().join("kept");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("f"), "f").unwrap();
+        std::fs::remove_dir(&work).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &work).unwrap();
+        prepare_slot(&root, &work, Some(&package)).unwrap();
+        assert!(!work.is_symlink());
+        assert_eq!(names(&work), ["lib", "run.sh"]);
+        assert_eq!(names(&elsewhere), ["f"]);
     }
 
     #[test]
