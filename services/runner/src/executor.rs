@@ -224,7 +224,7 @@ impl ProcessExecutor {
     async fn run_in(
         &self,
         root: &Path,
-        job: Job,
+        mut job: Job,
         logs: mpsc::Sender<Output>,
         stop: CancellationToken,
     ) -> anyhow::Result<Outcome> {
@@ -236,9 +236,9 @@ impl ProcessExecutor {
         {
             let (root, work, package) = (root.to_path_buf(), work.clone(), job.package.clone());
             let (payload, config, request) = (
-                job.payload.clone(),
-                job.config.clone().unwrap_or_default(),
-                job.request.clone(),
+                std::mem::take(&mut job.payload),
+                job.config.take().unwrap_or_default(),
+                job.request.take(),
             );
             let (payload_file, config_file) = (payload_file.clone(), config_file.clone());
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
