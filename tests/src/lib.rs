@@ -754,6 +754,19 @@ impl Stack {
 }
 
 /// A zip holding `files` (path, text, unix mode).
+/// The task id in an answer that must be a 200 `{"id": ...}` (a webhook's); panics with the
+/// answer otherwise.
+pub async fn accepted_id(r: reqwest::Response) -> String {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {text}"))
+        .to_string()
+}
+
 pub fn zip_of(files: &[(&str, &str, u32)]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     let mut w = zip::ZipWriter::new(&mut out);

@@ -2,7 +2,7 @@
 //! just returned is never 404.
 
 use serde_json::{json, Value};
-use workhook_tests::{Stack, StackOptions};
+use workhook_tests::{accepted_id, Stack, StackOptions};
 
 async fn msg(r: reqwest::Response) -> String {
     assert_eq!(
@@ -43,11 +43,7 @@ async fn unknown_codes_bad_tokens_and_other_projects_are_refused() {
 
     // B's task exists; A's token reaches neither B's project nor B's task through A's project.
     let r = stack.webhook(&b, "w", "x").await;
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(r).await;
     stack.task(&b, &id).await;
     let r = stack
         .client
@@ -74,11 +70,7 @@ async fn a_just_queued_task_is_never_404() {
     stack.upload_script(&p, "w", "true").await;
     for i in 0..60 {
         let r = stack.webhook(&p, "w", format!("{i}")).await;
-        assert_eq!(r.status(), 200);
-        let id = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = accepted_id(r).await;
         let r = stack.get(&p, &format!("/tasks/{id}")).await;
         assert_eq!(
             r.status(),

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use workhook_tests::Stack;
+use workhook_tests::{accepted_id, Stack};
 
 async fn scrape(stack: &Stack, base: &str) -> String {
     let r = stack
@@ -58,11 +57,7 @@ async fn each_services_metrics_move_as_a_task_runs() {
         None
     );
     let r = stack.webhook(&p, "w", "x").await;
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(r).await;
     assert_eq!(stack.webhook(&p, "nope", "x").await.status(), 404);
     stack.wait_done(&p, &id, Duration::from_secs(30)).await;
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use workhook_tests::{Stack, StackOptions};
+use workhook_tests::{accepted_id, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_runner_finishes_its_running_task_and_takes_no_more() {
@@ -97,11 +97,7 @@ async fn a_stopping_ingress_answers_the_webhook_it_is_reading_and_then_refuses()
     tokio::time::sleep(Duration::from_millis(300)).await;
     stack.stop_ingress().await.unwrap();
     let answer = slow.await.unwrap().unwrap();
-    assert_eq!(answer.status(), 200);
-    let id = answer.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(answer).await;
     // The ingress is gone; the task it acknowledged is not.
     assert!(stack
         .client
@@ -140,13 +136,7 @@ async fn a_stopping_registry_records_what_its_recorder_holds() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let r = stack.webhook(&p, "w", format!("{i}")).await;
-        assert_eq!(r.status(), 200);
-        ids.push(
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(accepted_id(r).await);
     }
     stack.stop_registry().await.unwrap();
     stack.start_registry_again().await;

@@ -16,7 +16,7 @@ use workhook_core::envelope::RETRY_OF;
 const TASK_ID: &str = "Nats-Msg-Id";
 use workhook_core::telemetry::{self, Telemetry, TelemetryConfig};
 use workhook_tests::telemetry::{CollectedSpan, LogLines, OtlpCollector};
-use workhook_tests::{Project, Stack};
+use workhook_tests::{accepted_id, Project, Stack};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -56,11 +56,7 @@ fn install(lines: &LogLines, collector: Option<&OtlpCollector>) -> Telemetry {
 /// Sends a webhook and returns its task id.
 async fn webhook(stack: &Stack, p: &Project, code: &str) -> String {
     let r = stack.webhook(p, code, "payload").await;
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    accepted_id(r).await
 }
 
 /// The task messages published under the stack's prefix, as a core NATS subscriber sees them.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use workhook_tests::{Project, Stack, StackOptions};
+use workhook_tests::{accepted_id, Project, Stack, StackOptions};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const SECRET: &str = "It's a Secret to Everybody";
@@ -54,11 +54,7 @@ async fn a_signed_code_takes_only_correctly_signed_webhooks_and_never_shows_its_
         &[("X-Hub-Signature-256", github_signature(body.as_bytes()))],
     )
     .await;
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(r).await;
     let task = stack.wait_done(&p, &id, WITHIN).await;
     assert_eq!(task["status"], "complete");
     assert_eq!(task["verified_by"], "github");
@@ -125,11 +121,7 @@ async fn a_redelivered_webhook_is_the_same_task_and_runs_once_inside_and_beyond_
         let p = &p;
         async move {
             let r = post(stack, p, "w", "{}", &[(header, delivery.to_string())]).await;
-            assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            accepted_id(r).await
         }
     };
     // Inside JetStream's duplicate window.
@@ -174,10 +166,7 @@ async fn the_worker_sees_the_request_headers_but_no_credentials() {
         ],
     )
     .await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(r).await;
     assert_eq!(stack.wait_done(&p, &id, WITHIN).await["status"], "complete");
     let request: Value = serde_json::from_slice(&stack.log(&p, &id).await).unwrap();
     assert_eq!(request["method"], "POST");
@@ -198,10 +187,7 @@ async fn the_worker_sees_the_request_headers_but_no_credentials() {
         &[("X-GitHub-Event", "ping".into())],
     )
     .await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(r).await;
     assert_eq!(stack.wait_done(&p, &id, WITHIN).await["status"], "complete");
     let request: Value = serde_json::from_slice(&stack.log(&p, &id).await).unwrap();
     assert_eq!(request["headers"]["x-github-event"], "ping");
@@ -315,11 +301,7 @@ async fn a_large_webhook_body_reaches_the_worker_through_the_object_store() {
     let body: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let expected = hex::encode(sha2::Sha256::digest(&body));
     let r = stack.webhook(&p, "big", body.clone()).await;
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted_id(r).await;
     let task = stack.wait_done(&p, &id, WITHIN).await;
     assert_eq!(task["status"], "complete", "{task}");
     let log = String::from_utf8(stack.log(&p, &id).await.to_vec()).unwrap();
