@@ -144,6 +144,23 @@ impl Envelope {
         h
     }
 
+    /// The JetStream message that queues this task: the envelope in its headers, with the
+    /// trace context of `span` when traces are on, `payload` as the body, and `message_id` as
+    /// its `Nats-Msg-Id` (JetStream drops a second publish of it within the duplicate window).
+    pub fn queue_message(
+        &self,
+        payload: bytes::Bytes,
+        message_id: &str,
+        span: &tracing::Span,
+    ) -> async_nats::jetstream::message::PublishMessage {
+        let mut headers = self.to_headers();
+        crate::telemetry::inject_span(span, &mut headers);
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(headers)
+            .message_id(message_id)
+    }
+
     /// The [`TASK`] header's value: `1` (the format), then the task, project and code ids, the
     /// revision, priority, timeout, delay, received_at, source and retry count, then the code
     /// name and the cluster percent-encoded, separated by single spaces.

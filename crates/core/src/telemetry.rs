@@ -12,7 +12,7 @@
 //! `OTEL_BSP_*` variables. Spans are batched and sent by a background thread; `Telemetry::shutdown`
 //! sends what is left.
 //!
-//! The trace context crosses NATS as W3C `traceparent` / `tracestate` message headers (`inject`,
+//! The trace context crosses NATS as W3C `traceparent` / `tracestate` message headers (`inject_span`,
 //! `set_parent_from`) and gRPC as the same metadata (`GrpcTraceContext`, `set_parent_from_http`).
 //! With traces off, each of these returns after reading one flag: nothing is injected or parsed.
 
@@ -238,15 +238,8 @@ pub fn record_trace_id(span: &Span) {
     }
 }
 
-/// Adds the current span's trace context (`traceparent`, `tracestate`) to a NATS message's
-/// headers. Nothing when traces are off.
-pub fn inject(headers: &mut HeaderMap) {
-    if tracing_enabled() {
-        inject_span(&Span::current(), headers);
-    }
-}
-
-/// Adds `span`'s trace context to a NATS message's headers. Nothing when traces are off.
+/// Adds `span`'s trace context (`traceparent`, `tracestate`) to a NATS message's headers (see
+/// `Envelope::queue_message`). Nothing when traces are off.
 pub fn inject_span(span: &Span, headers: &mut HeaderMap) {
     if tracing_enabled() {
         TraceContextPropagator::new().inject_context(&span.context(), &mut NatsHeaders(headers));

@@ -313,12 +313,7 @@ impl AppState {
             ));
         }
         let subject = self.layout.subject_for(envelope);
-        let mut headers = envelope.to_headers();
-        workhook_core::telemetry::inject(&mut headers);
-        let message = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .headers(headers)
-            .message_id(envelope.task_id.as_str());
+        let message = envelope.queue_message(payload, &envelope.task_id, &tracing::Span::current());
         let started = std::time::Instant::now();
         let acked = tokio::time::timeout(self.publish_timeout, async {
             self.js.send_publish(subject, message).await?.await

@@ -100,10 +100,12 @@ async fn release_due(
         };
         let subject =
             layout.task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);
-        let message = jetstream::message::PublishMessage::build()
-            .payload(t.payload.into())
-            .headers(envelope.to_headers())
-            .message_id(format!("{}.due", t.id));
+        // Its own trace: the context of the request that queued it is not kept in Postgres.
+        let message = envelope.queue_message(
+            t.payload.into(),
+            &format!("{}.due", t.id),
+            &tracing::Span::none(),
+        );
         acks.push(js.send_publish(subject, message).await?);
         released.push(t.id);
     }

@@ -140,12 +140,8 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                     schedule_id = %s.id,
                     task_id = %envelope.task_id,
                 );
-                let mut headers = envelope.to_headers();
-                workhook_core::telemetry::inject_span(&span, &mut headers);
-                let message = jetstream::message::PublishMessage::build()
-                    .payload(s.payload.clone().into())
-                    .headers(headers)
-                    .message_id(envelope.task_id.as_str());
+                let message =
+                    envelope.queue_message(s.payload.clone().into(), &envelope.task_id, &span);
                 let subject = layout.subject_for(&envelope);
                 // Not durable means not run: leave the schedule as it is and try next tick.
                 async { js.send_publish(subject, message).await?.await }

@@ -111,13 +111,9 @@ impl RegistryService {
         payload: Vec<u8>,
     ) -> Result<(), Status> {
         let subject = self.layout.subject_for(envelope);
-        let mut headers = envelope.to_headers();
         // The retry continues the trace of the attempt that failed (this call's span).
-        workhook_core::telemetry::inject(&mut headers);
-        let message = async_nats::jetstream::message::PublishMessage::build()
-            .payload(payload.into())
-            .headers(headers)
-            .message_id(envelope.task_id.as_str());
+        let message =
+            envelope.queue_message(payload.into(), &envelope.task_id, &tracing::Span::current());
         let acked = async {
             self.js.send_publish(subject, message).await?.await?;
             Ok::<_, async_nats::Error>(())
