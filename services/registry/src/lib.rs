@@ -3,6 +3,7 @@
 //! stream. Migrations are embedded and run at start.
 #![forbid(unsafe_code)]
 
+mod coalesce;
 mod config;
 mod delays;
 mod error;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use coalesce::Coalescer;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -155,6 +157,20 @@ pub async fn run(
         nats: nats.clone(),
         js: js.clone(),
         layout: layout.clone(),
+        starts: {
+            let pool = pool.clone();
+            Coalescer::spawn(move |calls| {
+                let pool = pool.clone();
+                async move { coalesce::start_batch(&pool, calls).await }
+            })
+        },
+        completes: {
+            let pool = pool.clone();
+            Coalescer::spawn(move |calls| {
+                let pool = pool.clone();
+                async move { coalesce::complete_batch(&pool, calls).await }
+            })
+        },
     };
     tracing::info!(addr = %listener.local_addr()?, stream = layout.stream(), "registry listening");
     let drain = {

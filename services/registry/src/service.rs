@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use workhook_core::ids;
 use workhook_proto::{self as pb, registry_server::Registry};
 
+use crate::coalesce::{self, Coalescer};
 use crate::error::RegistryError;
 use crate::store::{self, Start};
 
@@ -31,6 +32,14 @@ pub struct RegistryService {
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub layout: workhook_core::stream::Layout,
+    /// StartTask and FinishTask("complete") calls, each kind batched into one statement.
+    pub starts: Coalescer<coalesce::StartCall, coalesce::StartAnswer>,
+    pub completes: Coalescer<coalesce::CompleteCall, coalesce::CompleteAnswer>,
+}
+
+/// The answer when a call arrives as the registry stops.
+fn stopping() -> Status {
+    Status::unavailable("the registry is stopping")
 }
 
 type ChunkStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -532,15 +541,13 @@ impl Registry for RegistryService {
         need_id("task", &envelope.task_id)?;
         record_task_id(&envelope.task_id);
         let lease_ms = req.lease_ms.clamp(1_000, 600_000);
-        let decision = match store::start_task(
-            &self.pool,
-            &envelope,
-            req.payload.as_deref(),
-            &req.runner_id,
+        let call = coalesce::StartCall {
+            envelope,
+            payload: req.payload,
+            runner_id: req.runner_id,
             lease_ms,
-        )
-        .await?
-        {
+        };
+        let decision = match self.starts.call(call).await.ok_or_else(stopping)?? {
             Start::Run(run) => Decision::Run(run),
             Start::Skip(reason) => Decision::Skip(pb::Skip { reason }),
             Start::Defer { after_ms, reason } => Decision::Defer(pb::Defer {
@@ -603,6 +610,17 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::FinishTaskResponse>, Status> {
         let req = req.into_inner();
         record_task_id(&req.task_id);
+        if req.status == "complete" {
+            // Nothing to retry: batched with the other completions arriving now.
+            let call = coalesce::CompleteCall {
+                task_id: req.task_id,
+                attempt: req.attempt,
+                msg: req.msg,
+                error_class: req.error_class,
+            };
+            let (recorded, status) = self.completes.call(call).await.ok_or_else(stopping)??;
+            return Ok(Response::new(pb::FinishTaskResponse { recorded, status }));
+        }
         let finished = store::finish_task(
             &self.pool,
             &req.task_id,

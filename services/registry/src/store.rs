@@ -666,6 +666,80 @@ pub async fn start_task(
     }))
 }
 
+/// One StartTask of a batch.
+pub struct BatchStart<'a> {
+    pub task_id: &'a str,
+    pub project_id: &'a str,
+    pub runner_id: &'a str,
+    pub lease_ms: i64,
+    /// The new attempt's task token (its hash is stored).
+    pub token: &'a str,
+}
+
+/// Starts, in one call (workhook_start_tasks), every task of `starts` that `start_task` would start without a
+/// question: queued, of the project the call names, due, of an unpaused code whose latest
+/// revision sets no max_concurrency, with its revision still there. Returns the runs by task id
+/// (without their task tokens, which the caller holds); a task left out is for `start_task` to
+/// decide. The task ids must be distinct.
+pub async fn start_batch<'a>(
+    pool: &PgPool,
+    starts: impl Iterator<Item = BatchStart<'a>>,
+) -> Result<HashMap<String, pb::Run>> {
+    let (lower, _) = starts.size_hint();
+    let mut id = Vec::with_capacity(lower);
+    let mut project = Vec::with_capacity(lower);
+    let mut runner = Vec::with_capacity(lower);
+    let mut lease = Vec::with_capacity(lower);
+    let mut token_hash = Vec::with_capacity(lower);
+    for s in starts {
+        id.push(s.task_id);
+        project.push(s.project_id);
+        runner.push(s.runner_id);
+        lease.push(s.lease_ms as f64);
+        token_hash.push(workhook_core::token::hash_token(s.token).to_vec());
+    }
+    #[derive(sqlx::FromRow)]
+    struct Started {
+        id: String,
+        attempt: i32,
+        command: String,
+        config: Option<String>,
+        env_vars: sqlx::types::Json<HashMap<String, String>>,
+        checksum: Option<String>,
+        timeout: i32,
+    }
+    // The row lock each UPDATE takes makes the start atomic across runners, as in start_task:
+    // a task another statement changed first is re-checked against its new version.
+    let rows: Vec<Started> = sqlx::query_as(
+        "SELECT started_id AS id, started_attempt AS attempt, run_command AS command,
+            run_config AS config, run_env_vars AS env_vars, run_checksum AS checksum,
+            run_timeout AS timeout
+         FROM workhook_start_tasks($1, $2, $3, $4, $5)",
+    )
+    .bind(&id)
+    .bind(&project)
+    .bind(&runner)
+    .bind(&lease)
+    .bind(&token_hash)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let run = pb::Run {
+                attempt: r.attempt,
+                command: r.command,
+                config: r.config,
+                env_vars: r.env_vars.0,
+                checksum: r.checksum.unwrap_or_default(),
+                timeout: r.timeout,
+                task_token: String::new(),
+            };
+            (r.id, run)
+        })
+        .collect())
+}
+
 async fn lock_for_start(
     tx: &mut Transaction<'_, Postgres>,
     task_id: &str,
@@ -940,21 +1014,61 @@ pub async fn finish_task<'c>(
     not_recorded(pool, task_id).await
 }
 
-/// The answer to a report that no longer matches the task's attempt: its current status.
-async fn not_recorded<'c>(pool: &PgPool, task_id: &str) -> Result<Finished<'c>> {
+/// One completed attempt of a batch.
+pub struct BatchComplete<'a> {
+    pub task_id: &'a str,
+    pub attempt: i32,
+    pub msg: &'a str,
+    pub error_class: &'a str,
+}
+
+/// Records, in one call (workhook_complete_tasks), every completion whose attempt still holds its task, as
+/// `finish_task` does for one; returns the (task id, attempt) pairs it recorded.
+pub async fn complete_batch<'a>(
+    pool: &PgPool,
+    done: impl Iterator<Item = BatchComplete<'a>>,
+) -> Result<std::collections::HashSet<(String, i32)>> {
+    let (lower, _) = done.size_hint();
+    let mut id = Vec::with_capacity(lower);
+    let mut attempt = Vec::with_capacity(lower);
+    let mut msg = Vec::with_capacity(lower);
+    let mut error_class = Vec::with_capacity(lower);
+    for d in done {
+        id.push(d.task_id);
+        attempt.push(d.attempt);
+        msg.push(d.msg);
+        error_class.push(d.error_class);
+    }
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT * FROM workhook_complete_tasks($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(&attempt)
+            .bind(&msg)
+            .bind(&error_class)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A task's current status.
+pub async fn current_status(pool: &PgPool, task_id: &str) -> Result<String> {
     let current: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = $1")
         .bind(task_id)
         .fetch_optional(pool)
         .await?;
-    match current {
-        Some((status,)) => Ok(Finished {
-            recorded: false,
-            status,
-            retry: None,
-            tx: None,
-        }),
-        None => Err(RegistryError::NotFound("task")),
-    }
+    current
+        .map(|(status,)| status)
+        .ok_or(RegistryError::NotFound("task"))
+}
+
+/// The answer to a report that no longer matches the task's attempt: its current status.
+async fn not_recorded<'c>(pool: &PgPool, task_id: &str) -> Result<Finished<'c>> {
+    Ok(Finished {
+        recorded: false,
+        status: current_status(pool, task_id).await?,
+        retry: None,
+        tx: None,
+    })
 }
 
 // ---- The rest of the IronWorker v2 API ----

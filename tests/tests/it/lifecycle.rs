@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use workhook_proto as pb;
-use workhook_tests::{Stack, StackOptions};
+use workhook_tests::{Project, Stack, StackOptions};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -151,22 +151,12 @@ async fn a_worker_that_prints_too_much_gets_a_capped_marked_log() {
     assert!(log.ends_with(mark.as_bytes()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_never_reruns() {
-    let stack = Stack::start_with(StackOptions {
-        runners: 0,
-        ..Default::default()
-    })
-    .await;
-    let p = stack.create_project("guards").await;
-    stack.upload_script(&p, "w", "true").await;
-    let id = stack
-        .queue(&p, json!({"code_name": "w", "payload": "x"}))
-        .await;
-    let task = stack.task(&p, &id).await;
-    let envelope = pb::Envelope {
-        task_id: id.clone(),
-        project_id: p.id.clone(),
+/// The envelope a runner would find on the stream for a task queued to code "w".
+async fn envelope_of(stack: &Stack, project: &Project, task_id: &str) -> pb::Envelope {
+    let task = stack.task(project, task_id).await;
+    pb::Envelope {
+        task_id: task_id.into(),
+        project_id: project.id.clone(),
         code_id: task["code_id"].as_str().unwrap().into(),
         code_name: "w".into(),
         code_rev: 1,
@@ -183,7 +173,161 @@ async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_
         verified_by: None,
         request: None,
         payload_ref: None,
-    };
+    }
+}
+
+/// The registry takes concurrent StartTask and FinishTask calls together, in one statement per
+/// batch: each task still starts exactly once however many runners ask at the same moment, a
+/// call naming another project is refused, and only the attempt that holds a task records its
+/// result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_and_finishes_start_each_task_once_and_record_only_its_attempt() {
+    use pb::start_task_response::Decision;
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("batches").await;
+    let other = stack.create_project("elsewhere").await;
+    stack.upload_script(&p, "w", "true").await;
+    let mut envelopes = Vec::new();
+    for i in 0..24 {
+        let id = stack
+            .queue(&p, json!({"code_name": "w", "payload": i.to_string()}))
+            .await;
+        envelopes.push(envelope_of(&stack, &p, &id).await);
+    }
+    let registry = stack.registry().await;
+    // Three runners ask for every task at once; a fourth names the wrong project.
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, envelope) in envelopes.iter().enumerate() {
+        for runner in ["a", "b", "c", "x"] {
+            let mut envelope = envelope.clone();
+            if runner == "x" {
+                envelope.project_id = other.id.clone();
+            }
+            let mut registry = registry.clone();
+            calls.spawn(async move {
+                let decision = registry
+                    .start_task(pb::StartTaskRequest {
+                        envelope: Some(envelope),
+                        runner_id: runner.into(),
+                        lease_ms: 30_000,
+                        payload: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .decision
+                    .unwrap();
+                (i, runner, decision)
+            });
+        }
+    }
+    let mut runs = vec![Vec::new(); envelopes.len()];
+    while let Some(done) = calls.join_next().await {
+        let (i, runner, decision) = done.unwrap();
+        match decision {
+            Decision::Run(run) => {
+                assert_ne!(
+                    runner, "x",
+                    "a call naming another project never starts a task"
+                );
+                assert_eq!(run.command, "sh run.sh");
+                assert!(!run.task_token.is_empty());
+                runs[i].push((runner, run));
+            }
+            Decision::Skip(_) => assert_eq!(runner, "x"),
+            Decision::Defer(_) => assert_ne!(runner, "x"),
+            Decision::NeedPayload(_) => panic!("every task is recorded"),
+        }
+    }
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r.len(), 1, "task {i} started {} times", r.len());
+        assert_eq!(r[0].1.attempt, 1);
+    }
+    let tokens: std::collections::HashSet<_> =
+        runs.iter().map(|r| r[0].1.task_token.clone()).collect();
+    assert_eq!(
+        tokens.len(),
+        envelopes.len(),
+        "every start has its own token"
+    );
+
+    // Every task completes at once, each also reported by a stale attempt and twice by its own.
+    let mut finishes = tokio::task::JoinSet::new();
+    for (i, envelope) in envelopes.iter().enumerate() {
+        for attempt in [1, 1, 0] {
+            let mut registry = registry.clone();
+            let task_id = envelope.task_id.clone();
+            finishes.spawn(async move {
+                let done = registry
+                    .finish_task(pb::FinishTaskRequest {
+                        task_id,
+                        attempt,
+                        status: "complete".into(),
+                        msg: format!("done {i}"),
+                        error_class: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (i, attempt, done)
+            });
+        }
+    }
+    let mut recorded = vec![0; envelopes.len()];
+    while let Some(done) = finishes.join_next().await {
+        let (i, attempt, done) = done.unwrap();
+        // A report that was not recorded is told the status it met, which may still be
+        // "running" when the holding attempt's report is being recorded in the same moment.
+        let expected: &[&str] = if done.recorded {
+            &["complete"]
+        } else {
+            &["running", "complete"]
+        };
+        assert!(expected.contains(&done.status.as_str()), "{}", done.status);
+        if done.recorded {
+            assert_eq!(attempt, 1, "a stale attempt's report is never recorded");
+            recorded[i] += 1;
+        }
+    }
+    // The holding attempt's report is recorded (its repeat may be too, with the same result).
+    assert!(recorded.iter().all(|&n| n >= 1), "{recorded:?}");
+    for (i, envelope) in envelopes.iter().enumerate() {
+        let task = stack.task(&p, &envelope.task_id).await;
+        assert_eq!(task["status"], "complete");
+        assert_eq!(task["msg"], format!("done {i}"));
+    }
+    // A finish for a task that does not exist is an error, not a silent success.
+    let missing = registry
+        .clone()
+        .finish_task(pb::FinishTaskRequest {
+            task_id: "0123456789abcdef01234567".into(),
+            attempt: 1,
+            status: "complete".into(),
+            msg: String::new(),
+            error_class: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_never_reruns() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("guards").await;
+    stack.upload_script(&p, "w", "true").await;
+    let id = stack
+        .queue(&p, json!({"code_name": "w", "payload": "x"}))
+        .await;
+    let envelope = envelope_of(&stack, &p, &id).await;
     let mut registry = stack.registry().await;
     let start = |runner: &str, lease_ms: i64| pb::StartTaskRequest {
         envelope: Some(envelope.clone()),

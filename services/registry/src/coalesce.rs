@@ -1,0 +1,202 @@
+//! Coalescing of the runners' hottest calls. Every task costs one StartTask and one FinishTask;
+//! made one at a time, each is its own transaction, round trips and commit (WAL flush) in
+//! Postgres. Calls that arrive while a batch is being written wait for it and then go together,
+//! as one call of a Postgres function (migration 0009) that updates each task by its key: one
+//! round trip and one commit for the batch. Under load the batches grow by themselves; a lone call
+//! goes at once, no linger, so an idle system answers as fast as before.
+//!
+//! A batch takes only the common case (a queued task that may start now; a running attempt that
+//! completed). Every other call, and every call of a batch whose Postgres call failed, takes the
+//! one-call path in `store`, which decides the rare cases (a task not yet recorded, a lease to
+//! take over, a paused code, max_concurrency, retries) exactly as it always did.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use workhook_proto as pb;
+
+use crate::error::RegistryError;
+use crate::store::{self, Start};
+
+/// The most calls one statement takes.
+pub const MAX_BATCH: usize = 128;
+
+/// A call waiting in a batch: its request and where its answer goes.
+pub type Pending<Req, Resp> = (Req, oneshot::Sender<Resp>);
+
+/// Feeds calls to one task that runs `batch` over whatever has queued up, one batch at a time.
+/// `batch` answers every call it is given (spawning the rare slow ones rather than holding up
+/// the next batch).
+pub struct Coalescer<Req, Resp> {
+    calls: mpsc::UnboundedSender<Pending<Req, Resp>>,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
+    pub fn spawn<F, Fut>(mut batch: F) -> Self
+    where
+        F: FnMut(Vec<Pending<Req, Resp>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let (calls, mut queued) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut taken = Vec::with_capacity(MAX_BATCH);
+            while queued.recv_many(&mut taken, MAX_BATCH).await > 0 {
+                batch(std::mem::take(&mut taken)).await;
+                taken.reserve(MAX_BATCH);
+            }
+        });
+        Self { calls }
+    }
+
+    /// Makes one call; `None` only if the batching task is gone (the registry is stopping).
+    pub async fn call(&self, request: Req) -> Option<Resp> {
+        let (answer, answered) = oneshot::channel();
+        self.calls.send((request, answer)).ok()?;
+        answered.await.ok()
+    }
+}
+
+/// A runner's StartTask, as the batch needs it.
+pub struct StartCall {
+    pub envelope: pb::Envelope,
+    pub payload: Option<bytes::Bytes>,
+    pub runner_id: String,
+    pub lease_ms: i64,
+}
+
+pub type StartAnswer = Result<Start, RegistryError>;
+
+/// Starts every call's task that is queued, due, of an unpaused code without max_concurrency,
+/// in one call of Postgres; the others (and all of them if that call fails) take
+/// `store::start_task`, each on its own task.
+pub async fn start_batch(pool: &PgPool, calls: Vec<Pending<StartCall, StartAnswer>>) {
+    // A task asked for twice in one batch goes to the one-call path, after the batch: it then
+    // sees the batch's start and defers, rather than being started twice.
+    let mut seen = HashSet::with_capacity(calls.len());
+    let (first, again): (Vec<_>, Vec<_>) = calls
+        .into_iter()
+        .partition(|(c, _)| seen.insert(c.envelope.task_id.clone()));
+    let tokens: Vec<String> = first
+        .iter()
+        .map(|_| workhook_core::token::new_token())
+        .collect();
+    let started = store::start_batch(
+        pool,
+        first
+            .iter()
+            .zip(&tokens)
+            .map(|((c, _), token)| store::BatchStart {
+                task_id: &c.envelope.task_id,
+                project_id: &c.envelope.project_id,
+                runner_id: &c.runner_id,
+                lease_ms: c.lease_ms,
+                token,
+            }),
+    )
+    .await;
+    let mut started: HashMap<String, pb::Run> = match started {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::warn!(error = %e, n = first.len(), "batched StartTask failed; starting one by one");
+            HashMap::new()
+        }
+    };
+    tracing::debug!(
+        calls = first.len() + again.len(),
+        started = started.len(),
+        "StartTask batch"
+    );
+    for ((call, answer), token) in first.into_iter().zip(tokens) {
+        match started.remove(&call.envelope.task_id) {
+            Some(mut run) => {
+                run.task_token = token;
+                let _ = answer.send(Ok(Start::Run(run)));
+            }
+            None => start_alone(pool, call, answer),
+        }
+    }
+    for (call, answer) in again {
+        start_alone(pool, call, answer);
+    }
+}
+
+fn start_alone(pool: &PgPool, call: StartCall, answer: oneshot::Sender<StartAnswer>) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let decision = store::start_task(
+            &pool,
+            &call.envelope,
+            call.payload.as_deref(),
+            &call.runner_id,
+            call.lease_ms,
+        )
+        .await;
+        let _ = answer.send(decision);
+    });
+}
+
+/// A runner's FinishTask for a completed attempt.
+pub struct CompleteCall {
+    pub task_id: String,
+    pub attempt: i32,
+    pub msg: String,
+    pub error_class: String,
+}
+
+/// Whether the result was recorded, and the task's status afterwards.
+pub type CompleteAnswer = Result<(bool, String), RegistryError>;
+
+/// Records every call's completion in one call of Postgres; a call whose attempt no longer
+/// holds its task is answered with the task's current status.
+pub async fn complete_batch(pool: &PgPool, calls: Vec<Pending<CompleteCall, CompleteAnswer>>) {
+    let recorded = store::complete_batch(
+        pool,
+        calls.iter().map(|(c, _)| store::BatchComplete {
+            task_id: &c.task_id,
+            attempt: c.attempt,
+            msg: &c.msg,
+            error_class: &c.error_class,
+        }),
+    )
+    .await;
+    let recorded = match recorded {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, n = calls.len(), "batched FinishTask failed; finishing one by one");
+            for (call, answer) in calls {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let done = store::finish_task(
+                        &pool,
+                        &call.task_id,
+                        call.attempt,
+                        "complete",
+                        &call.msg,
+                        &call.error_class,
+                    )
+                    .await;
+                    let _ = answer.send(done.map(|f| (f.recorded, f.status)));
+                });
+            }
+            return;
+        }
+    };
+    tracing::debug!(
+        calls = calls.len(),
+        recorded = recorded.len(),
+        "FinishTask batch"
+    );
+    for (call, answer) in calls {
+        if recorded.contains(&(call.task_id.clone(), call.attempt)) {
+            let _ = answer.send(Ok((true, "complete".to_string())));
+            continue;
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let current = store::current_status(&pool, &call.task_id).await;
+            let _ = answer.send(current.map(|status| (false, status)));
+        });
+    }
+}
