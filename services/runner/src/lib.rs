@@ -456,7 +456,7 @@ impl Runner {
             Ok(pb::start_task_response::Decision::Run(run)) => run,
             Ok(pb::start_task_response::Decision::Skip(skip)) => {
                 tracing::debug!(task_id = %envelope.task_id, reason = %skip.reason, "skipped");
-                let _ = message.double_ack().await;
+                let _ = message.ack().await;
                 return "skipped";
             }
             Ok(pb::start_task_response::Decision::Defer(defer)) => {
@@ -550,7 +550,9 @@ impl Runner {
             }
         }
         keeper.abort();
-        if let Err(e) = message.double_ack().await {
+        // Not confirmed by the server (no round trip per task): the status is recorded, so an
+        // ack that is lost only means a redelivery, which StartTask answers with a skip.
+        if let Err(e) = message.ack().await {
             tracing::warn!(%task_id, error = %e, "ack failed; a redelivery will be skipped");
         }
         self.metrics
