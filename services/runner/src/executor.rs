@@ -158,15 +158,22 @@ impl ProcessExecutor {
     }
 }
 
-/// Makes `root` ready for a new task: an empty `task` directory holding a fresh copy of the
-/// package, and nothing else the last task in this slot left but the regular files every task
-/// rewrites. Reusing the slot's directories rather than creating and deleting a tree per task
-/// spares the file system most of its inode allocations, which on ext4 cost the runner 0.4-2.4 ms
-/// of CPU per task (docs/BENCHMARKS.md). What cannot be cleared (a worker may take the
+/// Makes `root` ready for a new task: a `task` directory holding exactly a copy of the package
+/// (or nothing), and nothing else the last task in this slot left but the regular files every
+/// task rewrites. Reusing the slot's directories and files rather than creating and deleting a
+/// tree per task spares the file system its inode allocations, which on ext4 cost the runner
+/// 0.4-2.4 ms of CPU per task (docs/BENCHMARKS.md). What cannot be cleared (a worker may take the
 /// permissions away from what it made) is moved aside whole, and the slot starts afresh: no
 /// worker can break its slot for the tasks after it.
 fn prepare_slot(root: &Path, work: &Path, package: Option<&Path>) -> std::io::Result<()> {
-    if let Err(e) = clear_slot(root) {
+    let fill = |work: &Path| match package {
+        Some(package) => crate::package::sync_tree(package, work),
+        None => {
+            std::fs::create_dir_all(work)?;
+            clear_dir(work)
+        }
+    };
+    if let Err(e) = clear_slot(root).and_then(|()| fill(work)) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -176,15 +183,13 @@ fn prepare_slot(root: &Path, work: &Path, package: Option<&Path>) -> std::io::Re
             "the last task's files cannot be removed; moving the slot's directory aside");
         std::fs::rename(root, &aside)?;
         std::fs::create_dir_all(root)?;
+        fill(work)?;
     }
-    match package {
-        Some(package) => crate::package::copy_tree(package, work),
-        None => std::fs::create_dir_all(work),
-    }
+    Ok(())
 }
 
-/// Empties `root` but for the files every task rewrites and the `task` directory itself, which
-/// is emptied.
+/// Empties `root` but for the files every task rewrites and the `task` directory, which
+/// `prepare_slot` fills.
 fn clear_slot(root: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(root)?;
     for entry in std::fs::read_dir(root)? {
@@ -194,9 +199,7 @@ fn clear_slot(root: &Path) -> std::io::Result<()> {
         if kind.is_file() && KEPT_FILES.iter().any(|f| name == *f) {
             continue;
         }
-        if kind.is_dir() && name == "task" {
-            clear_dir(&entry.path())?;
-        } else {
+        if !(kind.is_dir() && name == "task") {
             remove(&entry.path(), kind)?;
         }
     }

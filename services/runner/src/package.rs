@@ -129,20 +129,51 @@ mod sha2_check {
     }
 }
 
-/// Copies a directory tree, keeping file modes, so each task gets its own copy of the package
-/// and a worker that writes to its files cannot change the cached package.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Makes `to` an exact copy of the package tree `from` (contents and modes), reusing what `to`
+/// already holds: a regular file of the package's name is written over in place, anything else
+/// (a file the package does not have, a symlink, a file of another kind or with other names
+/// linked to it) is removed first. A slot that runs the same package task after task so keeps
+/// its inodes: creating and deleting the package's files per task made ext4's inode allocator
+/// the runner's largest cost (docs/BENCHMARKS.md). Nothing runs in the slot meanwhile, so
+/// nothing can swap a file for a link between the check and the write.
+pub fn sync_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(to)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let source = std::fs::symlink_metadata(from.join(entry.file_name()));
+        let keep = match &source {
+            Ok(source) if kind.is_dir() => source.is_dir(),
+            Ok(source) if kind.is_file() => source.is_file() && entry.metadata()?.nlink() == 1,
+            _ => false,
+        };
+        if !keep {
+            if kind.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         let dest = to.join(entry.file_name());
         if kind.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
+            sync_tree(&entry.path(), &dest)?;
+            std::fs::set_permissions(&dest, entry.metadata()?.permissions())?;
         } else if kind.is_file() {
-            std::fs::copy(entry.path(), &dest)?;
+            let mut source = std::fs::File::open(entry.path())?;
+            let mut copy = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&dest)?;
+            let len = std::io::copy(&mut source, &mut copy)?;
+            copy.set_len(len)?;
+            copy.set_permissions(source.metadata()?.permissions())?;
         } else if kind.is_symlink() {
-            #[cfg(unix)]
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
         }
     }
@@ -185,10 +216,56 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o755);
         let task = dir.path().join("task");
-        copy_tree(&pkg, &task).unwrap();
+        sync_tree(&pkg, &task).unwrap();
         assert_eq!(std::fs::read(task.join("lib/a.txt")).unwrap(), b"a");
         std::fs::write(task.join("run.sh"), "changed").unwrap();
         assert_eq!(std::fs::read(pkg.join("run.sh")).unwrap(), b"echo hi");
+    }
+
+    #[test]
+    fn a_synced_copy_undoes_what_a_worker_changed_and_keeps_the_inodes_it_can() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir_all(pkg.join("lib")).unwrap();
+        std::fs::write(pkg.join("run.sh"), "echo a longer script").unwrap();
+        std::fs::set_permissions(pkg.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(pkg.join("lib/a"), "a").unwrap();
+        std::fs::write(pkg.join("data"), "d").unwrap();
+        let task = dir.path().join("task");
+        sync_tree(&pkg, &task).unwrap();
+        let inode = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+        let run_inode = inode(&task.join("run.sh"));
+        // A worker shortens a file, takes its mode away, adds files, turns a file into a
+        // directory, and links a package file to a file outside.
+        std::fs::write(task.join("run.sh"), "x").unwrap();
+        std::fs::set_permissions(task.join("run.sh"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::write(task.join("output"), "left").unwrap();
+        std::fs::write(task.join("lib/b"), "left").unwrap();
+        std::fs::remove_file(task.join("data")).unwrap();
+        std::fs::create_dir(task.join("data")).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "mine").unwrap();
+        std::fs::remove_file(task.join("lib/a")).unwrap();
+        std::fs::hard_link(&outside, task.join("lib/a")).unwrap();
+        sync_tree(&pkg, &task).unwrap();
+        assert_eq!(
+            std::fs::read(task.join("run.sh")).unwrap(),
+            b"echo a longer script"
+        );
+        let mode = std::fs::metadata(task.join("run.sh")).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(inode(&task.join("run.sh")), run_inode, "rewritten in place");
+        assert!(!task.join("output").exists() && !task.join("lib/b").exists());
+        assert_eq!(std::fs::read(task.join("data")).unwrap(), b"d");
+        assert_eq!(std::fs::read(task.join("lib/a")).unwrap(), b"a");
+        assert_eq!(
+            std::fs::read(&outside).unwrap(),
+            b"mine",
+            "a linked file is not written through"
+        );
     }
 
     #[test]
