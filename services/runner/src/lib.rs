@@ -566,33 +566,30 @@ impl Runner {
         envelope: &Envelope,
         message: &jetstream::Message,
     ) -> Result<pb::start_task_response::Decision, tonic::Status> {
-        let mut request = pb::StartTaskRequest {
+        // The payload goes along (a reference count, not a copy): when the recorder has not
+        // recorded the task yet, which is usual for a task started the moment it is queued, the
+        // registry records it from this call rather than asking for the payload in a second one.
+        let request = pb::StartTaskRequest {
             envelope: Some(envelope.into()),
             runner_id: self.runner_id.clone(),
             lease_ms: self.lease.as_millis() as i64,
-            payload: None,
+            payload: Some(message.payload.clone()),
         };
-        for _ in 0..2 {
-            let decision = self
-                .registry
-                .clone()
-                .start_task(request.clone())
-                .await
-                .inspect_err(|e| tracing::warn!(error = %e, "StartTask failed"))?
-                .into_inner()
-                .decision
-                .ok_or_else(|| tonic::Status::internal("StartTask answered no decision"))?;
-            match decision {
-                // The recorder has not recorded the task yet: let the registry record it now.
-                pb::start_task_response::Decision::NeedPayload(_) if request.payload.is_none() => {
-                    request.payload = Some(message.payload.clone());
-                }
-                other => return Ok(other),
-            }
+        let decision = self
+            .registry
+            .clone()
+            .start_task(request)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "StartTask failed"))?
+            .into_inner()
+            .decision
+            .ok_or_else(|| tonic::Status::internal("StartTask answered no decision"))?;
+        match decision {
+            pb::start_task_response::Decision::NeedPayload(_) => Err(tonic::Status::internal(
+                "StartTask asked for the payload it was given",
+            )),
+            other => Ok(other),
         }
-        Err(tonic::Status::internal(
-            "StartTask asked for the payload twice",
-        ))
     }
 
     /// The task's payload: the message body, or the object it names in the payload bucket.
