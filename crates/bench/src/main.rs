@@ -115,25 +115,9 @@ struct Api {
 }
 
 impl Api {
-    async fn list(&self, code: &str, filter: &str, page: usize) -> anyhow::Result<Vec<Task>> {
-        let url = format!(
-            "{}/tasks?code_name={code}&{filter}&per_page={PER_PAGE}&page={page}",
-            self.base
-        );
-        let r = self
-            .http
-            .get(&url)
-            .header("Authorization", format!("OAuth {}", self.token))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("GET {url}: {}", r.status());
-        }
-        Ok(r.json::<TaskList>().await?.tasks)
-    }
-
-    async fn get(&self, id: &str) -> anyhow::Result<Task> {
-        let url = format!("{}/tasks/{id}", self.base);
+    /// GETs `path` (under the project) with the project's token and decodes the JSON answer.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
         let r = self
             .http
             .get(&url)
@@ -146,18 +130,17 @@ impl Api {
         Ok(r.json().await?)
     }
 
+    async fn list(&self, code: &str, filter: &str, page: usize) -> anyhow::Result<Vec<Task>> {
+        let path = format!("/tasks?code_name={code}&{filter}&per_page={PER_PAGE}&page={page}");
+        Ok(self.get_json::<TaskList>(&path).await?.tasks)
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Task> {
+        self.get_json(&format!("/tasks/{id}")).await
+    }
+
     /// The id of the code named `code`.
     async fn code_id(&self, code: &str) -> anyhow::Result<String> {
-        let url = format!("{}/codes?per_page=100", self.base);
-        let r = self
-            .http
-            .get(&url)
-            .header("Authorization", format!("OAuth {}", self.token))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("GET {url}: {}", r.status());
-        }
         #[derive(Deserialize)]
         struct Code {
             id: String,
@@ -167,7 +150,7 @@ impl Api {
         struct Codes {
             codes: Vec<Code>,
         }
-        r.json::<Codes>()
+        self.get_json::<Codes>("/codes?per_page=100")
             .await?
             .codes
             .into_iter()
@@ -180,17 +163,8 @@ impl Api {
     /// status, cheap next to the stack under test (a list of finished tasks, paged, costs the
     /// registry and Postgres more with every page and would weigh on the run it measures).
     async fn finished(&self, code_id: &str) -> anyhow::Result<usize> {
-        let url = format!("{}/codes/{code_id}/stats", self.base);
-        let r = self
-            .http
-            .get(&url)
-            .header("Authorization", format!("OAuth {}", self.token))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("GET {url}: {}", r.status());
-        }
-        let counts: HashMap<String, u64> = r.json().await?;
+        let counts: HashMap<String, u64> =
+            self.get_json(&format!("/codes/{code_id}/stats")).await?;
         Ok(FINISHED_STATUSES
             .iter()
             .map(|s| counts.get(*s).copied().unwrap_or(0) as usize)
