@@ -37,13 +37,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
     pub fn spawn<F, Fut>(mut batch: F) -> Self
     where
         F: FnMut(Vec<Pending<Req, Resp>>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let (calls, mut queued) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut taken = Vec::with_capacity(MAX_BATCH);
             while queued.recv_many(&mut taken, MAX_BATCH).await > 0 {
-                batch(std::mem::take(&mut taken)).await;
+                // On a task of its own, so that a batch that panicked fails only its own calls
+                // (their answers are dropped: the runners retry) and not every call after it.
+                let done = tokio::spawn(batch(std::mem::take(&mut taken))).await;
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a batch of calls failed");
+                }
                 taken.reserve(MAX_BATCH);
             }
         });
@@ -75,9 +80,12 @@ pub async fn start_batch(pool: &PgPool, calls: Vec<Pending<StartCall, StartAnswe
     // A task asked for twice in one batch goes to the one-call path, after the batch: it then
     // sees the batch's start and defers, rather than being started twice.
     let mut seen = HashSet::with_capacity(calls.len());
-    let (first, again): (Vec<_>, Vec<_>) = calls
+    let (mut first, again): (Vec<_>, Vec<_>) = calls
         .into_iter()
         .partition(|(c, _)| seen.insert(c.envelope.task_id.clone()));
+    // Rows are locked in this order: the same order in every registry replica, so two batches
+    // that share a task wait for each other rather than deadlock.
+    first.sort_unstable_by(|(a, _), (b, _)| a.envelope.task_id.cmp(&b.envelope.task_id));
     let tokens: Vec<String> = first
         .iter()
         .map(|_| workhook_core::token::new_token())
@@ -150,7 +158,9 @@ pub type CompleteAnswer = Result<(bool, String), RegistryError>;
 
 /// Records every call's completion in one call of Postgres; a call whose attempt no longer
 /// holds its task is answered with the task's current status.
-pub async fn complete_batch(pool: &PgPool, calls: Vec<Pending<CompleteCall, CompleteAnswer>>) {
+pub async fn complete_batch(pool: &PgPool, mut calls: Vec<Pending<CompleteCall, CompleteAnswer>>) {
+    // Locked in task id order, as in start_batch.
+    calls.sort_unstable_by(|(a, _), (b, _)| a.task_id.cmp(&b.task_id));
     let recorded = store::complete_batch(
         pool,
         calls.iter().map(|(c, _)| store::BatchComplete {
@@ -198,5 +208,59 @@ pub async fn complete_batch(pool: &PgPool, calls: Vec<Pending<CompleteCall, Comp
             let current = store::current_status(&pool, &call.task_id).await;
             let _ = answer.send(current.map(|status| (false, status)));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Doubles each request, recording the size of every batch; a request of 0 panics.
+    fn doubler(sizes: Arc<Mutex<Vec<usize>>>) -> Coalescer<u32, u32> {
+        Coalescer::spawn(move |calls: Vec<Pending<u32, u32>>| {
+            let sizes = sizes.clone();
+            async move {
+                sizes.lock().unwrap().push(calls.len());
+                // Long enough for the calls made meanwhile to gather into the next batch.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                for (n, answer) in calls {
+                    assert_ne!(n, 0, "a request of 0 fails its batch");
+                    let _ = answer.send(n * 2);
+                }
+            }
+        })
+    }
+
+    // With time paused, the batch's sleep ends only once every other task is waiting.
+    #[tokio::test(start_paused = true)]
+    async fn calls_made_while_a_batch_runs_go_together_and_each_gets_its_answer() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let coalescer = Arc::new(doubler(sizes.clone()));
+        let first = {
+            let c = coalescer.clone();
+            tokio::spawn(async move { c.call(1).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let rest: Vec<_> = (2..=40)
+            .map(|n| {
+                let c = coalescer.clone();
+                tokio::spawn(async move { (n, c.call(n).await) })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap(), Some(2));
+        for call in rest {
+            let (n, answer) = call.await.unwrap();
+            assert_eq!(answer, Some(n * 2));
+        }
+        // The lone first call went at once; the 39 made while it ran, in one batch.
+        assert_eq!(*sizes.lock().unwrap(), [1, 39]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_panics_fails_only_its_own_calls() {
+        let coalescer = doubler(Arc::default());
+        assert_eq!(coalescer.call(0).await, None);
+        assert_eq!(coalescer.call(3).await, Some(6));
     }
 }
