@@ -30,6 +30,11 @@ use executor::{Executor, Job, Outcome, ProcessExecutor};
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Past a pull's own expiry, how long the runner waits before giving the pull up for lost.
 const FETCH_DEADLINE: Duration = Duration::from_secs(2);
+/// While tasks wait in the stream (the last sweep filled every free slot), how long a freed slot
+/// waits for others before the runner fetches for all of them at once: one fetch per priority
+/// per gathering rather than per freed slot, and their StartTask calls reach the registry
+/// together, as one batch. Not when the stream is empty: a new task then starts at once.
+const BACKLOG_GATHER: Duration = Duration::from_millis(2);
 
 /// The registry client; its calls carry the current span's trace context (when traces are on).
 pub(crate) type Registry = RegistryClient<
@@ -218,11 +223,18 @@ struct Puller {
 impl Puller {
     async fn run(&self, shutdown: &CancellationToken) {
         let mut last_taken = vec![tokio::time::Instant::now(); self.consumers.len()];
+        let mut backlog = false;
         loop {
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = shutdown.cancelled() => return,
             };
+            if backlog {
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKLOG_GATHER) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
             let mut permits = vec![first];
             while let Ok(p) = self.slots.clone().try_acquire_owned() {
                 permits.push(p);
@@ -257,6 +269,8 @@ impl Puller {
                     last_taken[i] = now;
                 }
             }
+            // Every free slot was filled: more tasks are likely waiting.
+            backlog = permits.is_empty();
             if took || permits.is_empty() {
                 continue;
             }
