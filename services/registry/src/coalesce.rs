@@ -10,7 +10,7 @@
 //! one-call path in `store`, which decides the rare cases (a task not yet recorded, a lease to
 //! take over, a paused code, max_concurrency, retries) exactly as it always did.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 
 use sqlx::PgPool;
@@ -55,7 +55,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
         Self { calls }
     }
 
-    /// Makes one call; `None` only if the batching task is gone (the registry is stopping).
+    /// Makes one call; `None` if the batching task is gone (the registry is stopping) or the
+    /// batch the call was in failed without answering it.
     pub async fn call(&self, request: Req) -> Option<Resp> {
         let (answer, answered) = oneshot::channel();
         self.calls.send((request, answer)).ok()?;
@@ -76,16 +77,24 @@ pub type StartAnswer = Result<Start, RegistryError>;
 /// Starts every call's task that is queued, due, of an unpaused code without max_concurrency,
 /// in one call of Postgres; the others (and all of them if that call fails) take
 /// `store::start_task`, each on its own task.
-pub async fn start_batch(pool: &PgPool, calls: Vec<Pending<StartCall, StartAnswer>>) {
-    // A task asked for twice in one batch goes to the one-call path, after the batch: it then
-    // sees the batch's start and defers, rather than being started twice.
-    let mut seen = HashSet::with_capacity(calls.len());
-    let (mut first, again): (Vec<_>, Vec<_>) = calls
-        .into_iter()
-        .partition(|(c, _)| seen.insert(c.envelope.task_id.clone()));
-    // Rows are locked in this order: the same order in every registry replica, so two batches
-    // that share a task wait for each other rather than deadlock.
-    first.sort_unstable_by(|(a, _), (b, _)| a.envelope.task_id.cmp(&b.envelope.task_id));
+pub async fn start_batch(pool: &PgPool, mut calls: Vec<Pending<StartCall, StartAnswer>>) {
+    // Rows are locked in task id order: the same order in every registry replica, so two
+    // batches that share a task wait for each other rather than deadlock. A task asked for twice
+    // in one batch goes to the one-call path after the batch: it then sees the batch's start and
+    // defers, rather than being started twice.
+    calls.sort_unstable_by(|(a, _), (b, _)| a.envelope.task_id.cmp(&b.envelope.task_id));
+    let mut first: Vec<Pending<StartCall, StartAnswer>> = Vec::with_capacity(calls.len());
+    let mut again = Vec::new();
+    for call in calls {
+        let repeated = first
+            .last()
+            .is_some_and(|(c, _)| c.envelope.task_id == call.0.envelope.task_id);
+        if repeated {
+            again.push(call);
+        } else {
+            first.push(call);
+        }
+    }
     let tokens: Vec<String> = first
         .iter()
         .map(|_| workhook_core::token::new_token())
@@ -199,7 +208,7 @@ pub async fn complete_batch(pool: &PgPool, mut calls: Vec<Pending<CompleteCall, 
         "FinishTask batch"
     );
     for (call, answer) in calls {
-        if recorded.contains(&(call.task_id.clone(), call.attempt)) {
+        if recorded.get(&call.task_id) == Some(&call.attempt) {
             let _ = answer.send(Ok((true, "complete".to_string())));
             continue;
         }

@@ -37,9 +37,10 @@ pub struct RegistryService {
     pub completes: Coalescer<coalesce::CompleteCall, coalesce::CompleteAnswer>,
 }
 
-/// The answer when a call arrives as the registry stops.
-fn stopping() -> Status {
-    Status::unavailable("the registry is stopping")
+/// The answer when a batched call got no answer: the registry is stopping, or the batch it was
+/// in failed. Either way nothing was decided for it that a retry could not find out.
+fn unanswered() -> Status {
+    Status::unavailable("the registry could not answer this call; try again")
 }
 
 type ChunkStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -547,7 +548,7 @@ impl Registry for RegistryService {
             runner_id: req.runner_id,
             lease_ms,
         };
-        let decision = match self.starts.call(call).await.ok_or_else(stopping)?? {
+        let decision = match self.starts.call(call).await.ok_or_else(unanswered)?? {
             Start::Run(run) => Decision::Run(run),
             Start::Skip(reason) => Decision::Skip(pb::Skip { reason }),
             Start::Defer { after_ms, reason } => Decision::Defer(pb::Defer {
@@ -618,7 +619,7 @@ impl Registry for RegistryService {
                 msg: req.msg,
                 error_class: req.error_class,
             };
-            let (recorded, status) = self.completes.call(call).await.ok_or_else(stopping)??;
+            let (recorded, status) = self.completes.call(call).await.ok_or_else(unanswered)??;
             return Ok(Response::new(pb::FinishTaskResponse { recorded, status }));
         }
         let finished = store::finish_task(

@@ -1023,11 +1023,12 @@ pub struct BatchComplete<'a> {
 }
 
 /// Records, in one call (workhook_complete_tasks), every completion whose attempt still holds its task, as
-/// `finish_task` does for one; returns the (task id, attempt) pairs it recorded.
+/// `finish_task` does for one; returns the attempt it recorded, by task id (at most one per task:
+/// only the attempt that holds a task can be recorded).
 pub async fn complete_batch<'a>(
     pool: &PgPool,
     done: impl Iterator<Item = BatchComplete<'a>>,
-) -> Result<std::collections::HashSet<(String, i32)>> {
+) -> Result<HashMap<String, i32>> {
     let (lower, _) = done.size_hint();
     let mut id = Vec::with_capacity(lower);
     let mut attempt = Vec::with_capacity(lower);

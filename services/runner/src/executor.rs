@@ -214,19 +214,9 @@ fn clear_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `data` as the whole of a file the slot keeps, over its old contents. Not by truncating
-/// it to nothing first (as `std::fs::write` does): ext4 writes a file truncated to zero out to
-/// disk when it is closed (its guard for programs that replace files that way), which cost a disk
-/// write per file per task.
+/// Writes `data` as the whole of a file the slot keeps, keeping its inode.
 fn rewrite(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    file.write_all(data)?;
-    file.set_len(data.len() as u64)
+    crate::package::overwrite(path, data).map(drop)
 }
 
 /// Removes a directory tree, a file or a symlink (never followed).

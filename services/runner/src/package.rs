@@ -129,6 +129,21 @@ mod sha2_check {
     }
 }
 
+/// Makes `data` the whole of the file at `path`, in place: written over the old contents, then
+/// cut to length. Not by truncating the file to nothing first (as `std::fs::write` does): ext4
+/// writes a file truncated to zero out to disk when it is closed (its guard for programs that
+/// replace files that way), which cost a disk write per file per task.
+pub fn overwrite(path: &Path, mut data: impl std::io::Read) -> std::io::Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let len = std::io::copy(&mut data, &mut file)?;
+    file.set_len(len)?;
+    Ok(file)
+}
+
 /// Makes `to` an exact copy of the package tree `from` (contents and modes), reusing what `to`
 /// already holds: a regular file of the package's name is written over in place, anything else
 /// (a file the package does not have, a symlink, a file of another kind or with other names
@@ -165,13 +180,7 @@ pub fn sync_tree(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::set_permissions(&dest, entry.metadata()?.permissions())?;
         } else if kind.is_file() {
             let mut source = std::fs::File::open(entry.path())?;
-            let mut copy = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&dest)?;
-            let len = std::io::copy(&mut source, &mut copy)?;
-            copy.set_len(len)?;
+            let copy = overwrite(&dest, &mut source)?;
             copy.set_permissions(source.metadata()?.permissions())?;
         } else if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
