@@ -323,6 +323,20 @@ impl Drop for IsolatedService {
     }
 }
 
+/// Every service of a test stack uses the test's own nats-server and prefix.
+fn nats_config(
+    nats: &NatsServer,
+    prefix: &str,
+    options: &StackOptions,
+) -> workhook_core::stream::NatsConfig {
+    workhook_core::stream::NatsConfig {
+        url: nats.url(),
+        prefix: prefix.to_string(),
+        replicas: 1,
+        duplicate_window_secs: options.duplicate_window_secs,
+    }
+}
+
 async fn admin_listener() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -412,10 +426,7 @@ impl Stack {
         let registry_config = workhook_registry::Config {
             metrics_addr: None,
             database_url: db.url.clone(),
-            nats_url: nats.url(),
-            nats_prefix: prefix.clone(),
-            nats_replicas: 1,
-            duplicate_window_secs: options.duplicate_window_secs,
+            nats: nats_config(&nats, &prefix, &options),
             grpc_addr: grpc_listener.local_addr().unwrap(),
             admin_token: Some(admin_token.clone()),
             log_max_bytes: options.log_max_bytes,
@@ -438,10 +449,7 @@ impl Stack {
         let ingress_config = workhook_ingress::Config {
             metrics_addr: None,
             http_addr: http_listener.local_addr().unwrap(),
-            nats_url: nats.url(),
-            nats_prefix: prefix.clone(),
-            nats_replicas: 1,
-            duplicate_window_secs: options.duplicate_window_secs,
+            nats: nats_config(&nats, &prefix, &options),
             registry_url: grpc.clone(),
             publish_timeout_ms: options.publish_timeout_ms,
             max_body_bytes: options.max_body_bytes,
@@ -488,10 +496,7 @@ impl Stack {
     fn runner_config(&self, n: usize) -> workhook_runner::Config {
         workhook_runner::Config {
             metrics_addr: None,
-            nats_url: self.nats.url(),
-            nats_prefix: self.prefix.clone(),
-            nats_replicas: 1,
-            duplicate_window_secs: self.options.duplicate_window_secs,
+            nats: nats_config(&self.nats, &self.prefix, &self.options),
             registry_url: self.grpc.clone(),
             concurrency: self.options.concurrency,
             dir: self.runner_dir.path().join(format!("runner-{n}")),

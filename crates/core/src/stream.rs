@@ -29,6 +29,66 @@ pub fn runner_consumer(priority: u8) -> String {
     format!("{RUNNER_CONSUMER_PREFIX}{priority}")
 }
 
+/// How a service reaches NATS and which installation's stream it uses: the same flags and
+/// environment variables in every service (flattened into each one's configuration).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsConfig {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+
+    /// Stream and subject namespace; installations sharing one NATS server need distinct ones.
+    #[arg(
+        long = "nats-prefix",
+        env = "WORKHOOK_NATS_PREFIX",
+        default_value = "workhook"
+    )]
+    pub prefix: String,
+
+    /// Replicas of the task stream (and the payload bucket) when this service creates it (3 on
+    /// a NATS cluster; an existing stream is left as it is).
+    #[arg(
+        long = "nats-replicas",
+        env = "WORKHOOK_NATS_REPLICAS",
+        default_value_t = 1
+    )]
+    pub replicas: usize,
+
+    /// Seconds JetStream drops a republished task (same Nats-Msg-Id) when the stream is created;
+    /// past it, the registry still runs a task id only once.
+    #[arg(
+        long = "duplicate-window-secs",
+        env = "WORKHOOK_DUPLICATE_WINDOW_SECS",
+        default_value_t = DUPLICATE_WINDOW_SECS
+    )]
+    pub duplicate_window_secs: u64,
+}
+
+impl NatsConfig {
+    pub fn layout(&self) -> Result<Layout, BadPrefix> {
+        Layout::new(&self.prefix)
+    }
+
+    /// Creates the stream and its consumers if missing (see [`Layout::ensure_stream`]).
+    pub async fn ensure_stream(
+        &self,
+        layout: &Layout,
+        js: &jetstream::Context,
+    ) -> Result<stream::Stream, async_nats::Error> {
+        layout
+            .ensure_stream(
+                js,
+                self.replicas,
+                Duration::from_secs(self.duplicate_window_secs.max(1)),
+            )
+            .await
+    }
+}
+
 /// The names of one installation's stream and subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {

@@ -16,22 +16,8 @@ pub struct Config {
     #[arg(long, env = "WORKHOOK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// Stream and subject namespace; installations sharing one NATS server need distinct ones.
-    #[arg(long, env = "WORKHOOK_NATS_PREFIX", default_value = "workhook")]
-    pub nats_prefix: String,
-
-    /// Replicas of the task stream when the ingress creates it (3 on a NATS cluster).
-    #[arg(long, env = "WORKHOOK_NATS_REPLICAS", default_value_t = 1)]
-    pub nats_replicas: usize,
-
-    /// Seconds JetStream drops a republished task (same Nats-Msg-Id) when the stream is created;
-    /// past it, the registry still runs a task id only once.
-    #[arg(long, env = "WORKHOOK_DUPLICATE_WINDOW_SECS", default_value_t = workhook_core::stream::DUPLICATE_WINDOW_SECS)]
-    pub duplicate_window_secs: u64,
+    #[command(flatten)]
+    pub nats: workhook_core::stream::NatsConfig,
 
     /// The registry's gRPC URL.
     #[arg(

@@ -27,7 +27,6 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use workhook_core::stream::Layout;
 use workhook_proto::registry_client::RegistryClient;
 
 pub use config::Config;
@@ -142,27 +141,24 @@ pub async fn run(
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let layout = Layout::new(&config.nats_prefix)?;
+    let layout = config.nats.layout()?;
     let publish_timeout = Duration::from_millis(config.publish_timeout_ms.max(1));
     let nats = async_nats::ConnectOptions::new()
         .name("workhook-ingress")
         .connection_timeout(Duration::from_secs(5))
-        .connect(config.nats_url.as_str())
+        .connect(config.nats.url.as_str())
         .await
         .context("connecting to NATS (NATS_URL)")?;
     let js = async_nats::jetstream::ContextBuilder::new()
         .timeout(publish_timeout)
         .build(nats.clone());
-    layout
-        .ensure_stream(
-            &js,
-            config.nats_replicas,
-            Duration::from_secs(config.duplicate_window_secs.max(1)),
-        )
+    config
+        .nats
+        .ensure_stream(&layout, &js)
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
     let payloads = layout
-        .ensure_payload_bucket(&js, config.nats_replicas)
+        .ensure_payload_bucket(&js, config.nats.replicas)
         .await
         .map_err(|e| {
             anyhow::anyhow!(

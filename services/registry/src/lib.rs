@@ -21,7 +21,6 @@ use coalesce::Coalescer;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use workhook_core::stream::Layout;
 use workhook_proto::registry_server::RegistryServer;
 
 pub use config::Config;
@@ -65,7 +64,7 @@ pub async fn run(
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let layout = Layout::new(&config.nats_prefix)?;
+    let layout = config.nats.layout()?;
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -77,16 +76,13 @@ pub async fn run(
     let nats = async_nats::ConnectOptions::new()
         .name("workhook-registry")
         .retry_on_initial_connect()
-        .connect(config.nats_url.as_str())
+        .connect(config.nats.url.as_str())
         .await
         .context("connecting to NATS (NATS_URL)")?;
     let js = async_nats::jetstream::new(nats.clone());
-    let stream = layout
-        .ensure_stream(
-            &js,
-            config.nats_replicas,
-            Duration::from_secs(config.duplicate_window_secs.max(1)),
-        )
+    let stream = config
+        .nats
+        .ensure_stream(&layout, &js)
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
     let consumer = recorder::consumer(&stream, &layout)

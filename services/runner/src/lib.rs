@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
-use workhook_core::stream::{Layout, PRIORITIES};
+use workhook_core::stream::PRIORITIES;
 use workhook_core::Envelope;
 use workhook_proto::{self as pb, registry_client::RegistryClient};
 
@@ -65,20 +65,17 @@ pub async fn run(
     admin: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let layout = Layout::new(&config.nats_prefix)?;
+    let layout = config.nats.layout()?;
     let lease = Duration::from_secs(config.lease_secs.max(3));
     let nats = async_nats::ConnectOptions::new()
         .name("workhook-runner")
-        .connect(config.nats_url.as_str())
+        .connect(config.nats.url.as_str())
         .await
         .context("connecting to NATS (NATS_URL)")?;
     let js = jetstream::new(nats.clone());
-    let stream = layout
-        .ensure_stream(
-            &js,
-            config.nats_replicas,
-            Duration::from_secs(config.duplicate_window_secs.max(1)),
-        )
+    let stream = config
+        .nats
+        .ensure_stream(&layout, &js)
         .await
         .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", layout.stream()))?;
     // The consumers exist (ensure_stream); set their ack wait to this runner's lease.
@@ -114,7 +111,7 @@ pub async fn run(
         lease,
         api_url: config.api_url.clone(),
         payloads: layout
-            .ensure_payload_bucket(&js, config.nats_replicas)
+            .ensure_payload_bucket(&js, config.nats.replicas)
             .await
             .map_err(|e| anyhow::anyhow!("opening the payload bucket: {e}"))?,
         metrics: metrics::RunnerMetrics::new(),
