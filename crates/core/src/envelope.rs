@@ -191,29 +191,46 @@ impl Envelope {
     /// published (messages of those may still be in a stream during an upgrade).
     pub fn from_headers(h: Option<&HeaderMap>) -> Result<Self, EnvelopeError> {
         let h = h.ok_or(EnvelopeError::NoHeaders)?;
-        let mut envelope = match h.get(TASK) {
-            Some(v) => Self::from_compact(v.as_str())?,
+        // One pass over the headers: a `HeaderMap::get` by name copies the name and hashes it,
+        // and this runs for every message the recorder and the runners read.
+        let mut f = OptionalHeaders::default();
+        for (name, values) in h.iter() {
+            let slot = match name.as_ref() {
+                TASK => &mut f.task,
+                LABEL => &mut f.label,
+                RETRY_OF => &mut f.retry_of,
+                SCHEDULE_ID => &mut f.schedule_id,
+                VERIFIED_BY => &mut f.verified_by,
+                REQUEST_JSON => &mut f.request_json,
+                REQUEST => &mut f.request,
+                PAYLOAD_REF => &mut f.payload_ref,
+                _ => continue,
+            };
+            *slot = values.first().map(|v| v.as_str());
+        }
+        let mut envelope = match f.task {
+            Some(v) => Self::from_compact(v)?,
             None => Self::from_field_headers(h)?,
         };
-        let id = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
-            match h.get(name).map(|v| v.as_str()) {
+        let id = |v: Option<&str>, name: &'static str| -> Result<Option<String>, EnvelopeError> {
+            match v {
                 Some(v) if ids::is_id(v) => Ok(Some(v.to_string())),
                 Some(_) => Err(EnvelopeError::Malformed(name)),
                 None => Ok(None),
             }
         };
-        let text = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
-            h.get(name).map(|v| decode(v.as_str(), name)).transpose()
+        let text = |v: Option<&str>, name: &'static str| -> Result<Option<String>, EnvelopeError> {
+            v.map(|v| decode(v, name)).transpose()
         };
-        envelope.label = text(LABEL)?;
-        envelope.retry_of = id(RETRY_OF)?;
-        envelope.schedule_id = id(SCHEDULE_ID)?;
-        envelope.verified_by = text(VERIFIED_BY)?;
-        envelope.request = match h.get(REQUEST_JSON) {
-            Some(v) => Some(v.as_str().to_string()),
-            None => text(REQUEST)?,
+        envelope.label = text(f.label, LABEL)?;
+        envelope.retry_of = id(f.retry_of, RETRY_OF)?;
+        envelope.schedule_id = id(f.schedule_id, SCHEDULE_ID)?;
+        envelope.verified_by = text(f.verified_by, VERIFIED_BY)?;
+        envelope.request = match f.request_json {
+            Some(v) => Some(v.to_string()),
+            None => text(f.request, REQUEST)?,
         };
-        envelope.payload_ref = id(PAYLOAD_REF)?;
+        envelope.payload_ref = id(f.payload_ref, PAYLOAD_REF)?;
         Ok(envelope)
     }
 
@@ -311,6 +328,20 @@ impl Envelope {
     pub fn due_at(&self) -> i64 {
         self.received_at + i64::from(self.delay) * 1000
     }
+}
+
+/// The first value of each header [`Envelope::from_headers`] reads besides the required fields
+/// of the older one-header-per-field form.
+#[derive(Default)]
+struct OptionalHeaders<'a> {
+    task: Option<&'a str>,
+    label: Option<&'a str>,
+    retry_of: Option<&'a str>,
+    schedule_id: Option<&'a str>,
+    verified_by: Option<&'a str>,
+    request_json: Option<&'a str>,
+    request: Option<&'a str>,
+    payload_ref: Option<&'a str>,
 }
 
 fn encode(s: &str) -> String {
