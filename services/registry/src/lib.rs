@@ -56,6 +56,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Largest gRPC message the registry accepts (code uploads carry the package).
 const MAX_MESSAGE: usize = 96 * 1024 * 1024;
 
+/// How long a pooled connection may sit idle before it is checked (pinged) on its way out.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(5);
+
 /// Runs the registry on `listener` until `shutdown` is cancelled; then it reports not serving,
 /// stops accepting, finishes in-flight calls and lets the recorder write what it holds.
 pub async fn run(
@@ -68,6 +71,18 @@ pub async fn run(
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: a round trip to Postgres before
+        // each batch, StartTask and lookup. Only a connection that sat idle for a while is
+        // checked; a busy one has just proved itself.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(&config.database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
