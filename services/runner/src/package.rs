@@ -34,7 +34,9 @@ impl PackageCache {
             "bad package checksum {checksum:?}"
         );
         let target = self.dir.join(checksum);
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+        // A stat of a cached directory entry, done in place: this runs for every task, and a
+        // trip through the blocking pool would cost more than the call.
+        if target.is_dir() {
             return Ok(target);
         }
         let lock = self
@@ -45,7 +47,7 @@ impl PackageCache {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+        if target.is_dir() {
             return Ok(target);
         }
         // A registry restart is no reason to fail a task: retry for a while.
