@@ -208,6 +208,27 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Ends every session connected to this database, as a Postgres restart or failover would
+    /// (each gets FATAL 57P01); returns how many there were.
+    pub async fn drop_connections(&self) -> usize {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connecting to Postgres (DATABASE_URL)");
+        let ended: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut conn)
+        .await
+        .expect("ending the database's sessions");
+        let _ = conn.close().await;
+        ended.into_iter().filter(|(ok,)| *ok).count()
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());

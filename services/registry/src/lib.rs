@@ -73,11 +73,12 @@ pub async fn run(
         .acquire_timeout(Duration::from_secs(5))
         // sqlx pings every connection it hands out by default: a round trip to Postgres before
         // each batch, StartTask and lookup. Only a connection that sat idle for a while is
-        // checked; a busy one has just proved itself.
+        // checked, as is every one for a few seconds after a query found its connection gone
+        // (Postgres restarted: the rest of the pool is dead too).
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for > CHECK_IDLE_AFTER {
+                if meta.idle_for > CHECK_IDLE_AFTER || error::checking_connections() {
                     sqlx::Connection::ping(conn).await?;
                 }
                 Ok(true)

@@ -3,6 +3,7 @@
 mod api;
 mod broker;
 mod compat;
+mod database;
 mod lease;
 mod lifecycle;
 mod limits;
