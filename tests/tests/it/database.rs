@@ -33,8 +33,14 @@ async fn finished(stack: &Stack, p: &Project, id: &str) -> Value {
 async fn tasks_queued_while_postgres_ends_the_registrys_connections_all_run() {
     let stack = Stack::start().await;
     let p = stack.create_project("pg").await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("runs");
     stack
-        .upload_script(&p, "hello", "cat \"$PAYLOAD_FILE\"")
+        .upload_script(
+            &p,
+            "hello",
+            &format!("echo run >> {}; cat \"$PAYLOAD_FILE\"", marks.display()),
+        )
         .await;
     // The pool holds connections that were just used, the kind that is handed out unchecked.
     let first = accepted_id(stack.webhook(&p, "hello", "first").await).await;
@@ -64,6 +70,8 @@ async fn tasks_queued_while_postgres_ends_the_registrys_connections_all_run() {
         assert_eq!(task["status"], "complete", "{task}");
     }
     // Each ran once, with its own payload.
+    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
+    assert_eq!(runs, ids.len(), "every task ran once");
     for id in &ids[1..] {
         let log = stack.log(&p, id).await;
         assert!(
