@@ -158,6 +158,44 @@ impl Drop for NatsServer {
     }
 }
 
+/// A file in a temporary directory to which a worker appends a line per run: the way the tests
+/// count how many times a task ran.
+pub struct RunCounter {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl RunCounter {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs");
+        RunCounter { _dir: dir, path }
+    }
+
+    /// The file's path, to put in a script or a payload.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The shell command that counts one run.
+    pub fn mark(&self) -> String {
+        format!("echo run >> {}", self.path.display())
+    }
+
+    /// The runs so far.
+    pub fn count(&self) -> usize {
+        std::fs::read_to_string(&self.path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for RunCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A fresh Postgres database, dropped with the value.
 pub struct TestDb {
     pub url: String,

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use workhook_tests::{accepted_id, Stack, StackOptions};
+use workhook_tests::{accepted_id, RunCounter, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_stopped_a_webhook_answers_503_not_200() {
@@ -60,14 +60,9 @@ async fn with_nats_stopped_a_webhook_answers_503_not_200() {
 async fn a_nats_restart_while_a_task_runs_loses_nothing() {
     let mut stack = Stack::start().await;
     let p = stack.create_project("restart").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
+    let runs = RunCounter::new();
     stack
-        .upload_script(
-            &p,
-            "w",
-            &format!("echo run >> {}; sleep 2; echo done", marks.display()),
-        )
+        .upload_script(&p, "w", &format!("{}; sleep 2; echo done", runs.mark()))
         .await;
     let running = stack.queue(&p, serde_json::json!({"code_name": "w"})).await;
     stack
@@ -89,22 +84,16 @@ async fn a_nats_restart_while_a_task_runs_loses_nothing() {
         let task = stack.wait_done(&p, id, Duration::from_secs(60)).await;
         assert_eq!(task["status"], "complete", "{task}");
     }
-    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
-    assert_eq!(runs, 6, "every task ran once");
+    assert_eq!(runs.count(), 6, "every task ran once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_restart_while_tasks_run_loses_nothing() {
     let mut stack = Stack::start().await;
     let p = stack.create_project("registry").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
+    let runs = RunCounter::new();
     stack
-        .upload_script(
-            &p,
-            "w",
-            &format!("echo run >> {}; sleep 2; echo done", marks.display()),
-        )
+        .upload_script(&p, "w", &format!("{}; sleep 2; echo done", runs.mark()))
         .await;
     let running = stack.queue(&p, serde_json::json!({"code_name": "w"})).await;
     stack
@@ -130,6 +119,5 @@ async fn a_registry_restart_while_tasks_run_loses_nothing() {
         assert_eq!(task["status"], "complete", "{task}");
         assert_eq!(&stack.log(&p, id).await[..], b"done\n");
     }
-    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
-    assert_eq!(runs, 4, "every task ran once");
+    assert_eq!(runs.count(), 4, "every task ran once");
 }

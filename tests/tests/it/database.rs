@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use workhook_tests::{accepted_id, Project, Stack};
+use workhook_tests::{accepted_id, Project, RunCounter, Stack};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -33,13 +33,12 @@ async fn finished(stack: &Stack, p: &Project, id: &str) -> Value {
 async fn tasks_queued_while_postgres_ends_the_registrys_connections_all_run() {
     let stack = Stack::start().await;
     let p = stack.create_project("pg").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
+    let runs = RunCounter::new();
     stack
         .upload_script(
             &p,
             "hello",
-            &format!("echo run >> {}; cat \"$PAYLOAD_FILE\"", marks.display()),
+            &format!("{}; cat \"$PAYLOAD_FILE\"", runs.mark()),
         )
         .await;
     // The pool holds connections that were just used, the kind that is handed out unchecked.
@@ -70,8 +69,7 @@ async fn tasks_queued_while_postgres_ends_the_registrys_connections_all_run() {
         assert_eq!(task["status"], "complete", "{task}");
     }
     // Each ran once, with its own payload.
-    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
-    assert_eq!(runs, ids.len(), "every task ran once");
+    assert_eq!(runs.count(), ids.len(), "every task ran once");
     for id in &ids[1..] {
         let log = stack.log(&p, id).await;
         assert!(

@@ -4,15 +4,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use workhook_tests::{Stack, StackOptions};
+use workhook_tests::{RunCounter, Stack, StackOptions};
 
 const WITHIN: Duration = Duration::from_secs(60);
-
-fn runs(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_longer_than_its_lease_runs_once_while_its_runner_lives() {
@@ -23,8 +17,7 @@ async fn a_task_longer_than_its_lease_runs_once_while_its_runner_lives() {
     })
     .await;
     let p = stack.create_project("long").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
+    let runs = RunCounter::new();
     stack
         .upload_script(
             &p,
@@ -35,13 +28,13 @@ async fn a_task_longer_than_its_lease_runs_once_while_its_runner_lives() {
     let id = stack
         .queue(
             &p,
-            json!({"code_name": "long", "payload": marks.to_str().unwrap()}),
+            json!({"code_name": "long", "payload": runs.path().to_str().unwrap()}),
         )
         .await;
     let task = stack.wait_done(&p, &id, WITHIN).await;
     assert_eq!(task["status"], "complete", "{task}");
     // Past two lease periods, and still one run.
-    assert_eq!(runs(&marks), 1);
+    assert_eq!(runs.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,8 +46,7 @@ async fn a_killed_runner_loses_its_task_to_another_after_the_lease() {
     })
     .await;
     let p = stack.create_project("takeover").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
+    let runs = RunCounter::new();
     // The first run hangs; the second finishes.
     stack
         .upload_script(
@@ -66,18 +58,18 @@ async fn a_killed_runner_loses_its_task_to_another_after_the_lease() {
     let id = stack
         .queue(
             &p,
-            json!({"code_name": "w", "payload": marks.to_str().unwrap()}),
+            json!({"code_name": "w", "payload": runs.path().to_str().unwrap()}),
         )
         .await;
     stack.wait_status(&p, &id, "running", WITHIN).await;
-    while runs(&marks) < 1 {
+    while runs.count() < 1 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stack.kill_runner(0);
     stack.add_runner();
     let task = stack.wait_done(&p, &id, WITHIN).await;
     assert_eq!(task["status"], "complete", "{task}");
-    assert_eq!(runs(&marks), 2);
+    assert_eq!(runs.count(), 2);
     assert_eq!(
         &stack.log(&p, &id).await[..],
         b"done\n",

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use workhook_tests::{accepted_id, Stack, StackOptions};
+use workhook_tests::{accepted_id, RunCounter, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_runner_finishes_its_running_task_and_takes_no_more() {
@@ -36,8 +36,7 @@ async fn a_runner_past_its_drain_deadline_hands_its_task_back() {
     // lease lapsed.
     let mut stack = Stack::start().await;
     let p = stack.create_project("handback").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
+    let runs = RunCounter::new();
     // The first run outlasts the drain deadline (5 s in the suite); the second is quick.
     stack
         .upload_script(
@@ -45,7 +44,7 @@ async fn a_runner_past_its_drain_deadline_hands_its_task_back() {
             "w",
             &format!(
                 r#"echo run >> {0}; [ "$(wc -l < {0})" -ge 2 ] || sleep 300; echo done"#,
-                marks.display()
+                runs.path().display()
             ),
         )
         .await;
@@ -63,7 +62,7 @@ async fn a_runner_past_its_drain_deadline_hands_its_task_back() {
     );
     let task = stack.wait_done(&p, &id, Duration::from_secs(10)).await;
     assert_eq!(task["status"], "complete", "{task}");
-    assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 2);
+    assert_eq!(runs.count(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

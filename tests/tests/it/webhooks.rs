@@ -5,7 +5,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use workhook_tests::{accepted_id, Project, Stack, StackOptions};
+use workhook_tests::{accepted_id, Project, RunCounter, Stack, StackOptions};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const SECRET: &str = "It's a Secret to Everybody";
@@ -111,11 +111,8 @@ async fn a_redelivered_webhook_is_the_same_task_and_runs_once_inside_and_beyond_
     })
     .await;
     let p = stack.create_project("dedup").await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("runs");
-    stack
-        .upload_script(&p, "w", &format!("echo run >> {}", marks.display()))
-        .await;
+    let runs = RunCounter::new();
+    stack.upload_script(&p, "w", &runs.mark()).await;
     let send = |delivery: &'static str, header: &'static str| {
         let stack = &stack;
         let p = &p;
@@ -141,8 +138,7 @@ async fn a_redelivered_webhook_is_the_same_task_and_runs_once_inside_and_beyond_
     stack.wait_done(&p, &mq, WITHIN).await;
     stack.wait_done(&p, &other, WITHIN).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let runs = std::fs::read_to_string(&marks).unwrap().lines().count();
-    assert_eq!(runs, 3, "each delivery ran exactly once");
+    assert_eq!(runs.count(), 3, "each delivery ran exactly once");
     let list: Value = stack.get(&p, "/tasks").await.json().await.unwrap();
     assert_eq!(list["tasks"].as_array().unwrap().len(), 3);
 }
