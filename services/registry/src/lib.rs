@@ -56,7 +56,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Largest gRPC message the registry accepts (code uploads carry the package).
 const MAX_MESSAGE: usize = 96 * 1024 * 1024;
 
-/// How long a pooled connection may sit idle before it is checked (pinged) on its way out.
+/// How long a pooled connection may sit idle before the pool pings it before handing it out.
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(5);
 
 /// Runs the registry on `listener` until `shutdown` is cancelled; then it reports not serving,
