@@ -131,6 +131,59 @@ mod sha2_check {
     }
 }
 
+/// Makes the regular file `to` (a file of its own, or none) a copy of `from`, contents and
+/// permissions, in place, and writes it only when it differs. A slot runs the same package task
+/// after task: written over with the bytes it already held, each of its files would still have
+/// its pages dirtied, its times changed and be written out to disk again, per task. Comparing
+/// reads the package from the page cache instead.
+fn sync_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::Seek;
+    let mut source = std::fs::File::open(from)?;
+    let wanted = source.metadata()?;
+    if let Ok(mut held) = std::fs::File::open(to) {
+        let has = held.metadata()?;
+        if has.len() == wanted.len()
+            && has.permissions() == wanted.permissions()
+            && same_contents(&mut source, &mut held)?
+        {
+            return Ok(());
+        }
+        source.rewind()?;
+    }
+    let copy = overwrite(to, &mut source)?;
+    copy.set_permissions(wanted.permissions())
+}
+
+/// Whether two files, read from where they are, hold the same bytes to their ends.
+fn same_contents(a: &mut std::fs::File, b: &mut std::fs::File) -> std::io::Result<bool> {
+    const CHUNK: usize = 16 * 1024;
+    let (mut x, mut y) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    loop {
+        let n = fill(a, &mut x)?;
+        if n != fill(b, &mut y)? || x[..n] != y[..n] {
+            return Ok(false);
+        }
+        if n < CHUNK {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; how much it read.
+fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// Makes `data` the whole of the file at `path`, in place: written over the old contents, then
 /// cut to length. Not by truncating the file to nothing first (as `std::fs::write` does): ext4
 /// writes a file truncated to zero out to disk when it is closed (its guard for programs that
@@ -147,7 +200,8 @@ pub fn overwrite(path: &Path, mut data: impl std::io::Read) -> std::io::Result<s
 }
 
 /// Makes `to` an exact copy of the package tree `from` (contents and modes), reusing what `to`
-/// already holds: a regular file of the package's name is written over in place, anything else
+/// already holds: a regular file of the package's name is written over in place where its
+/// contents or mode differ (and not written at all where they do not), anything else
 /// (a file the package does not have, a symlink, a file of another kind or with other names
 /// linked to it) is removed first. A slot that runs the same package task after task so keeps
 /// its inodes: creating and deleting the package's files per task made ext4's inode allocator
@@ -179,11 +233,12 @@ pub fn sync_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         let dest = to.join(entry.file_name());
         if kind.is_dir() {
             sync_tree(&entry.path(), &dest)?;
-            std::fs::set_permissions(&dest, entry.metadata()?.permissions())?;
+            let wanted = entry.metadata()?.permissions();
+            if std::fs::symlink_metadata(&dest)?.permissions() != wanted {
+                std::fs::set_permissions(&dest, wanted)?;
+            }
         } else if kind.is_file() {
-            let mut source = std::fs::File::open(entry.path())?;
-            let copy = overwrite(&dest, &mut source)?;
-            copy.set_permissions(source.metadata()?.permissions())?;
+            sync_file(&entry.path(), &dest)?;
         } else if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
         }
@@ -277,6 +332,54 @@ mod tests {
             b"mine",
             "a linked file is not written through"
         );
+    }
+
+    #[test]
+    fn a_synced_copy_leaves_an_unchanged_file_unwritten_and_restores_a_changed_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir_all(&pkg).unwrap();
+        // Larger than one comparison chunk, so a change past the first one is found too.
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(pkg.join("big"), &big).unwrap();
+        std::fs::write(pkg.join("run.sh"), "echo hi").unwrap();
+        let task = dir.path().join("task");
+        sync_tree(&pkg, &task).unwrap();
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        let mark = |name: &str| {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(task.join(name))
+                .unwrap();
+            f.set_modified(long_ago).unwrap();
+        };
+        let modified = |name: &str| {
+            std::fs::metadata(task.join(name))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        mark("big");
+        mark("run.sh");
+        sync_tree(&pkg, &task).unwrap();
+        assert_eq!(
+            modified("big"),
+            long_ago,
+            "an unchanged file is not written"
+        );
+        assert_eq!(modified("run.sh"), long_ago);
+        // A worker changes bytes past the first chunk, keeping the length, and changes the
+        // mode of a file whose contents it leaves alone.
+        let mut changed = big.clone();
+        changed[30_000] ^= 0xff;
+        std::fs::write(task.join("big"), &changed).unwrap();
+        std::fs::set_permissions(task.join("run.sh"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        sync_tree(&pkg, &task).unwrap();
+        assert_eq!(std::fs::read(task.join("big")).unwrap(), big);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&task.join("run.sh")), mode(&pkg.join("run.sh")));
     }
 
     #[test]
