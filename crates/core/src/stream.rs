@@ -1,6 +1,8 @@
 //! The JetStream layout: one stream per installation, named from the prefix, holding every task
-//! under `<prefix>.tasks.p<priority>.<project>.<code>`. The prefix lets tests and several
-//! installations share one NATS server without seeing each other.
+//! under `<prefix>.tasks.p<priority>.<project>.<code>.<task>` (or `.tasks.delayed.` for one that
+//! waits). The task id at the end lets the registry find a queued task in the stream by its id
+//! alone. The prefix lets tests and several installations share one NATS server without seeing
+//! each other.
 
 use std::time::Duration;
 
@@ -16,7 +18,8 @@ pub const DUPLICATE_WINDOW_SECS: u64 = 120;
 /// How long a runner holds a task without renewing its lease, unless the runners say otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// Durable consumer through which the registry's recorder records queued tasks.
+/// Durable consumer through which the registry's recorder records delayed tasks (every other
+/// queued task is recorded only when something reads it, or when a runner starts it).
 pub const RECORDER_CONSUMER: &str = "recorder";
 /// Durable consumers shared by all runners, one per priority: `runners-p2`, `runners-p1`,
 /// `runners-p0`. A runner with a free slot takes from the highest priority that has a task.
@@ -137,22 +140,50 @@ impl Layout {
     }
 
     /// The subject a task is published on.
-    pub fn task_subject(&self, priority: u8, project_id: &str, code_id: &str) -> String {
-        format!("{}.tasks.p{priority}.{project_id}.{code_id}", self.prefix)
+    pub fn task_subject(
+        &self,
+        priority: u8,
+        project_id: &str,
+        code_id: &str,
+        task_id: &str,
+    ) -> String {
+        format!(
+            "{}.tasks.p{priority}.{project_id}.{code_id}.{task_id}",
+            self.prefix
+        )
     }
 
     /// Where a delayed task waits to be recorded (no runner consumes it): the registry releases
     /// it to its priority's subject when it is due.
-    pub fn delayed_subject(&self, project_id: &str, code_id: &str) -> String {
-        format!("{}.tasks.delayed.{project_id}.{code_id}", self.prefix)
+    pub fn delayed_subject(&self, project_id: &str, code_id: &str, task_id: &str) -> String {
+        format!(
+            "{}.tasks.delayed.{project_id}.{code_id}.{task_id}",
+            self.prefix
+        )
+    }
+
+    /// Every delayed task: what the recorder consumes.
+    pub fn delayed_tasks(&self) -> String {
+        format!("{}.tasks.delayed.>", self.prefix)
+    }
+
+    /// The subject filter that finds one task of a project in the stream, whatever its priority
+    /// and code: `<prefix>.tasks.*.<project>.*.<task>`.
+    pub fn task_lookup(&self, project_id: &str, task_id: &str) -> String {
+        format!("{}.tasks.*.{project_id}.*.{task_id}", self.prefix)
     }
 
     /// The subject to publish a new task on: its priority's, or the delayed one.
     pub fn subject_for(&self, envelope: &crate::Envelope) -> String {
         if envelope.delay > 0 {
-            self.delayed_subject(&envelope.project_id, &envelope.code_id)
+            self.delayed_subject(&envelope.project_id, &envelope.code_id, &envelope.task_id)
         } else {
-            self.task_subject(envelope.priority, &envelope.project_id, &envelope.code_id)
+            self.task_subject(
+                envelope.priority,
+                &envelope.project_id,
+                &envelope.code_id,
+                &envelope.task_id,
+            )
         }
     }
 
@@ -168,7 +199,8 @@ impl Layout {
     }
 
     /// The stream configuration. File storage, so an acknowledged webhook survives a NATS restart;
-    /// interest retention, since both the recorder and the runners consume every task.
+    /// interest retention: a task's message is gone once the runners have acked it (and, for a
+    /// delayed task, the recorder has recorded it).
     pub fn stream_config(&self, replicas: usize, duplicate_window: Duration) -> stream::Config {
         stream::Config {
             name: self.stream.clone(),
@@ -209,10 +241,13 @@ impl Layout {
             .await?)
     }
 
-    /// The recorder's consumer: every task.
+    /// The recorder's consumer: the delayed tasks, which the registry releases from their rows
+    /// when they are due, so they must be recorded as they arrive. The other queued tasks wait in
+    /// the stream, unrecorded, until a read or a runner's start records them.
     pub fn recorder_config(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(RECORDER_CONSUMER.into()),
+            filter_subject: self.delayed_tasks(),
             ack_policy: AckPolicy::Explicit,
             // Short: what a recorder that went away held is redelivered soon, and recording a
             // task twice is harmless (ON CONFLICT DO NOTHING).
@@ -248,8 +283,10 @@ impl Layout {
         let stream = js
             .get_or_create_stream(self.stream_config(replicas, duplicate_window))
             .await?;
+        // Created, or updated: before the recorder took only delayed tasks it took every task.
+        // (The queued tasks it had not recorded yet are recorded by the next catch-up.)
         stream
-            .get_or_create_consumer::<pull::Config>(RECORDER_CONSUMER, self.recorder_config())
+            .create_consumer::<pull::Config>(self.recorder_config())
             .await?;
         for priority in PRIORITIES {
             stream
@@ -275,9 +312,14 @@ mod tests {
         assert_eq!(l.all_tasks(), "wh-test_1.tasks.>");
         assert_eq!(l.priority_tasks(1), "wh-test_1.tasks.p1.>");
         assert_eq!(runner_consumer(2), "runners-p2");
-        assert_eq!(l.task_subject(2, "p", "c"), "wh-test_1.tasks.p2.p.c");
+        assert_eq!(l.task_subject(2, "p", "c", "t"), "wh-test_1.tasks.p2.p.c.t");
+        assert_eq!(l.task_lookup("p", "t"), "wh-test_1.tasks.*.p.*.t");
+        assert_eq!(l.delayed_tasks(), "wh-test_1.tasks.delayed.>");
         assert_eq!(l.cancel_subject("t"), "wh-test_1.control.cancel.t");
-        assert_eq!(l.delayed_subject("p", "c"), "wh-test_1.tasks.delayed.p.c");
+        assert_eq!(
+            l.delayed_subject("p", "c", "t"),
+            "wh-test_1.tasks.delayed.p.c.t"
+        );
         assert_eq!(l.all_cancels(), "wh-test_1.control.cancel.*");
     }
 

@@ -5,10 +5,11 @@
 //! round trip and one commit for the batch. Under load the batches grow by themselves; a lone call
 //! goes at once, no linger, so an idle system answers as fast as before.
 //!
-//! A batch takes only the common case (a queued task that may start now; a running attempt that
-//! completed). Every other call, and every call of a batch whose Postgres call failed, takes the
-//! one-call path in `store`, which decides the rare cases (a task not yet recorded, a lease to
-//! take over, a paused code, max_concurrency, retries) exactly as it always did.
+//! A batch takes only the common case (a queued task that may start now, recorded or not, since
+//! queued tasks are recorded only when read; a running attempt that completed). Every other call,
+//! and every call of a batch whose Postgres call failed, takes the one-call path in `store`,
+//! which decides the rare cases (a call without the payload for a task not yet recorded, a lease
+//! to take over, a paused code, max_concurrency, retries) exactly as it always did.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -89,7 +90,8 @@ pub async fn start_batch(pool: &PgPool, mut calls: Vec<Pending<StartCall, StartA
         let repeated = first
             .last()
             .is_some_and(|(c, _)| c.envelope.task_id == call.0.envelope.task_id);
-        if repeated {
+        // A call without the payload cannot record its task: the one-call path asks for it.
+        if repeated || call.0.payload.is_none() {
             again.push(call);
         } else {
             first.push(call);
@@ -99,20 +101,21 @@ pub async fn start_batch(pool: &PgPool, mut calls: Vec<Pending<StartCall, StartA
         .iter()
         .map(|_| workhook_core::token::new_token())
         .collect();
-    let started = store::start_batch(
-        pool,
-        first
-            .iter()
-            .zip(&tokens)
-            .map(|((c, _), token)| store::BatchStart {
-                task_id: &c.envelope.task_id,
-                project_id: &c.envelope.project_id,
-                runner_id: &c.runner_id,
-                lease_ms: c.lease_ms,
-                token,
-            }),
-    )
-    .await;
+    let starts: Vec<store::BatchStart<'_>> = first
+        .iter()
+        .zip(&tokens)
+        .map(|((c, _), token)| store::BatchStart {
+            queued: store::Queued {
+                envelope: &c.envelope,
+                payload: c.payload.as_deref().unwrap_or_default(),
+            },
+            runner_id: &c.runner_id,
+            lease_ms: c.lease_ms,
+            token,
+        })
+        .collect();
+    let started = store::start_batch(pool, &starts).await;
+    drop(starts);
     let mut started: HashMap<String, pb::Run> = match started {
         Ok(runs) => runs,
         Err(e) => {

@@ -98,8 +98,12 @@ async fn release_due(
             request: t.request,
             payload_ref: t.payload_ref,
         };
-        let subject =
-            layout.task_subject(envelope.priority, &envelope.project_id, &envelope.code_id);
+        let subject = layout.task_subject(
+            envelope.priority,
+            &envelope.project_id,
+            &envelope.code_id,
+            &envelope.task_id,
+        );
         // Its own trace: the context of the request that queued it is not kept in Postgres.
         let message = envelope.queue_message(
             t.payload.into(),

@@ -1,8 +1,10 @@
 //! workhook's registry: tonic gRPC on Postgres. Projects and hashed tokens, code packages, tasks
-//! with their state machine, task logs, and the recorder that records queued tasks from the
-//! stream. Migrations are embedded and run at start.
+//! with their state machine, task logs; the recorder that records delayed tasks from the stream,
+//! and the catch-up that records other queued tasks when they are read. Migrations are embedded
+//! and run at start.
 #![forbid(unsafe_code)]
 
+mod catchup;
 mod coalesce;
 mod config;
 mod delays;
@@ -155,6 +157,22 @@ pub async fn run(
         recorder_stop.clone(),
     ));
 
+    // Tasks queued while no registry ran, or on the subjects of a version that recorded every
+    // task as it arrived (without the task id, so a lookup cannot find them), are recorded now.
+    let catchup = Arc::new(catchup::CatchUp::new(
+        pool.clone(),
+        stream,
+        layout.clone(),
+        metrics.recorded.clone(),
+    ));
+    tokio::spawn({
+        let catchup = catchup.clone();
+        async move {
+            if let Err(e) = catchup.run().await {
+                tracing::warn!(error = %e, "catching up with the queue at start failed");
+            }
+        }
+    });
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RegistryServer<service::RegistryService>>()
@@ -164,8 +182,7 @@ pub async fn run(
         admin_token: config.admin_token.clone(),
         log_max_bytes: config.log_max_bytes,
         max_package_bytes: config.max_package_bytes,
-        stream,
-        recorder: consumer,
+        catchup: catchup.clone(),
         nats: nats.clone(),
         js: js.clone(),
         layout: layout.clone(),

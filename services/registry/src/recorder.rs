@@ -1,6 +1,7 @@
-//! The recorder: consumes every queued task from the stream and records it in Postgres in
-//! batches, acknowledging a message only once its row is committed. It is what makes
-//! `GET .../tasks/{id}` find a task the ingress has just queued.
+//! The recorder: consumes every delayed task from the stream and records it in Postgres in
+//! batches, acknowledging a message only once its row is committed. A delayed task waits in its
+//! row, not in a consumer: the registry releases it to the runners when it is due
+//! (`delays.rs`). Other queued tasks are recorded only when read (`catchup.rs`) or started.
 
 use std::time::Duration;
 
@@ -142,28 +143,5 @@ async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) -> u64 {
             }
             0
         }
-    }
-}
-
-/// Waits until the recorder has recorded every message the stream held when called, or until
-/// `deadline` passes. Used when a task id is not found: the ingress answers only after the
-/// stream has the message, so once the recorder's ack floor reaches the stream's last sequence,
-/// a task that is still missing truly does not exist.
-pub async fn wait_caught_up(
-    stream: &jetstream::stream::Stream,
-    consumer: &PullConsumer,
-    deadline: Duration,
-) -> Result<bool, async_nats::Error> {
-    let target = stream.get_info().await?.state.last_sequence;
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        let info = consumer.get_info().await?;
-        if info.ack_floor.stream_sequence >= target {
-            return Ok(true);
-        }
-        if tokio::time::Instant::now() >= until {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

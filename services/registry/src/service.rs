@@ -3,7 +3,8 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use async_nats::jetstream::{consumer::PullConsumer, stream::Stream as JsStream};
+use std::sync::Arc;
+
 use futures_util::Stream;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
@@ -11,14 +12,14 @@ use tonic::{Request, Response, Status};
 use workhook_core::ids;
 use workhook_proto::{self as pb, registry_server::Registry};
 
+use crate::catchup::CatchUp;
 use crate::coalesce::{self, Coalescer};
 use crate::error::RegistryError;
 use crate::store::{self, Start};
 
-/// The longest a lookup waits for the recorder to catch up.
-const RECORDER_WAIT: Duration = Duration::from_secs(3);
-/// The longest a task list waits for the recorder to catch up.
-const LIST_RECORDER_WAIT: Duration = Duration::from_secs(1);
+/// The longest a call over many tasks waits for the catch-up to record the queued ones; a longer
+/// catch-up goes on without it.
+const LIST_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// Package and log bytes are streamed in pieces of this size.
 const CHUNK: usize = 256 * 1024;
 
@@ -27,8 +28,8 @@ pub struct RegistryService {
     pub admin_token: Option<String>,
     pub log_max_bytes: i64,
     pub max_package_bytes: usize,
-    pub stream: JsStream,
-    pub recorder: PullConsumer,
+    /// Records the queued tasks that wait in the stream, when a call reads them.
+    pub catchup: Arc<CatchUp>,
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub layout: workhook_core::stream::Layout,
@@ -103,14 +104,18 @@ impl RegistryService {
         }
     }
 
-    /// Read your writes for calls over many tasks (lists, stats, cancel_all): waits, briefly,
-    /// until the recorder has recorded every task queued before the call. A lagging recorder
-    /// only delays the answer, never fails it.
+    /// Read your writes for calls over many tasks (lists, stats, cancel_all): records, waiting at
+    /// most `LIST_CATCH_UP_WAIT`, every task queued before the call that is not recorded yet. A
+    /// long catch-up (a large backlog nobody read) only delays the answer, never fails it, and
+    /// goes on after it.
     async fn catch_up(&self) {
-        if let Err(e) =
-            crate::recorder::wait_caught_up(&self.stream, &self.recorder, LIST_RECORDER_WAIT).await
-        {
-            tracing::warn!(error = %e, "cannot read the recorder's progress");
+        let catchup = self.catchup.clone();
+        let run = tokio::spawn(async move { catchup.run().await });
+        match tokio::time::timeout(LIST_CATCH_UP_WAIT, run).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "catching up with the queue failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "catching up with the queue failed"),
+            Err(_) => tracing::info!("the catch-up with the queue goes on after this call"),
         }
     }
 
@@ -147,18 +152,21 @@ impl RegistryService {
         }
     }
 
-    /// After a lookup missed: waits (at most `RECORDER_WAIT`) until the recorder has recorded
-    /// everything the stream held, and says whether the lookup is worth repeating. Ids derived
-    /// from a delivery id carry no time, so any well-formed id qualifies; with the recorder
-    /// caught up, this costs two JetStream info calls and answers at once.
-    async fn recorder_caught_up(&self) -> bool {
-        match crate::recorder::wait_caught_up(&self.stream, &self.recorder, RECORDER_WAIT).await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the recorder's progress");
-                false
-            }
+    /// After a lookup in Postgres missed: records the task from the stream if it waits there
+    /// unrecorded. The caller looks again either way: a runner may have started the task (and
+    /// recorded it) since the first lookup, and acked it out of the stream.
+    async fn record_if_queued(&self, project_id: &str, task_id: &str) -> Result<(), Status> {
+        if !ids::is_id(project_id) || !ids::is_id(task_id) {
+            return Ok(());
         }
+        self.catchup
+            .find_queued(project_id, task_id)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::warn!(error = %e, %task_id, "looking for a queued task failed");
+                Status::unavailable("the queue cannot be read now; try again")
+            })
     }
 }
 
@@ -271,12 +279,11 @@ impl Registry for RegistryService {
         if let Some(task) = store::task(&self.pool, &req.project_id, &req.task_id).await? {
             return Ok(Response::new(task));
         }
-        if self.recorder_caught_up().await {
-            if let Some(task) = store::task(&self.pool, &req.project_id, &req.task_id).await? {
-                return Ok(Response::new(task));
-            }
-        }
-        Err(RegistryError::NotFound("task").into())
+        self.record_if_queued(&req.project_id, &req.task_id).await?;
+        store::task(&self.pool, &req.project_id, &req.task_id)
+            .await?
+            .map(Response::new)
+            .ok_or_else(|| RegistryError::NotFound("task").into())
     }
 
     type GetTaskLogStream = ChunkStream<pb::LogChunk>;
@@ -289,7 +296,8 @@ impl Registry for RegistryService {
         need_id("task", &req.task_id)?;
         let mut log =
             store::task_log(&self.pool, &req.project_id, &req.task_id, req.stdout_only).await?;
-        if log.is_none() && self.recorder_caught_up().await {
+        if log.is_none() {
+            self.record_if_queued(&req.project_id, &req.task_id).await?;
             log =
                 store::task_log(&self.pool, &req.project_id, &req.task_id, req.stdout_only).await?;
         }
@@ -392,7 +400,8 @@ impl Registry for RegistryService {
         let req = req.into_inner();
         need_id("task", &req.task_id)?;
         let mut status = store::cancel_task(&self.pool, &req.project_id, &req.task_id).await?;
-        if status.is_none() && self.recorder_caught_up().await {
+        if status.is_none() {
+            self.record_if_queued(&req.project_id, &req.task_id).await?;
             status = store::cancel_task(&self.pool, &req.project_id, &req.task_id).await?;
         }
         let status = status.ok_or(RegistryError::NotFound("task"))?;
@@ -419,7 +428,8 @@ impl Registry for RegistryService {
             &req.msg,
         )
         .await?;
-        if !found && self.recorder_caught_up().await {
+        if !found {
+            self.record_if_queued(&req.project_id, &req.task_id).await?;
             found = store::set_progress(
                 &self.pool,
                 &req.project_id,

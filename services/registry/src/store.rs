@@ -430,98 +430,129 @@ pub async fn task_log(
 }
 
 /// One queued task as the recorder or a runner saw it on the stream.
+#[derive(Clone, Copy)]
 pub struct Queued<'a> {
     pub envelope: &'a pb::Envelope,
     pub payload: &'a [u8],
 }
 
+/// Queued tasks as the arrays `workhook_record_tasks` takes (migration 0010).
+struct QueuedColumns<'a> {
+    id: Vec<&'a str>,
+    project: Vec<&'a str>,
+    code_id: Vec<&'a str>,
+    code_name: Vec<&'a str>,
+    code_rev: Vec<i32>,
+    priority: Vec<i16>,
+    timeout: Vec<i32>,
+    delay: Vec<i32>,
+    label: Vec<Option<&'a str>>,
+    cluster: Vec<&'a str>,
+    source: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    received: Vec<i64>,
+    retry_of: Vec<Option<&'a str>>,
+    retry_count: Vec<i32>,
+    schedule_id: Vec<Option<&'a str>>,
+    verified_by: Vec<Option<&'a str>>,
+    request: Vec<Option<&'a str>>,
+    payload_ref: Vec<Option<&'a str>>,
+}
+
+impl<'a> QueuedColumns<'a> {
+    fn new<'q: 'a>(batch: impl ExactSizeIterator<Item = Queued<'q>>) -> Self {
+        let n = batch.len();
+        let mut c = Self {
+            id: Vec::with_capacity(n),
+            project: Vec::with_capacity(n),
+            code_id: Vec::with_capacity(n),
+            code_name: Vec::with_capacity(n),
+            code_rev: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
+            timeout: Vec::with_capacity(n),
+            delay: Vec::with_capacity(n),
+            label: Vec::with_capacity(n),
+            cluster: Vec::with_capacity(n),
+            source: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            received: Vec::with_capacity(n),
+            retry_of: Vec::with_capacity(n),
+            retry_count: Vec::with_capacity(n),
+            schedule_id: Vec::with_capacity(n),
+            verified_by: Vec::with_capacity(n),
+            request: Vec::with_capacity(n),
+            payload_ref: Vec::with_capacity(n),
+        };
+        for q in batch {
+            let e = q.envelope;
+            c.id.push(e.task_id.as_str());
+            c.project.push(e.project_id.as_str());
+            c.code_id.push(e.code_id.as_str());
+            c.code_name.push(e.code_name.as_str());
+            c.code_rev.push(e.code_rev);
+            c.priority.push(e.priority as i16);
+            c.timeout.push(e.timeout);
+            c.delay.push(e.delay);
+            c.label.push(e.label.as_deref());
+            c.cluster.push(e.cluster.as_str());
+            c.source.push(e.source.as_str());
+            c.payload.push(q.payload);
+            c.received.push(e.received_at);
+            c.retry_of.push(e.retry_of.as_deref());
+            c.retry_count.push(e.retry_count);
+            c.schedule_id.push(e.schedule_id.as_deref());
+            c.verified_by.push(e.verified_by.as_deref());
+            // The request is read back only to publish a delayed task when it is due; any other
+            // task's message carries it, so the row (copied on every status change) goes without.
+            c.request.push(e.request.as_deref().filter(|_| e.delay > 0));
+            c.payload_ref.push(e.payload_ref.as_deref());
+        }
+        c
+    }
+
+    /// Binds the arrays as `$1` to `$19`.
+    fn bind<O>(
+        self,
+        query: sqlx::query::QueryAs<'a, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'a, Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.id)
+            .bind(self.project)
+            .bind(self.code_id)
+            .bind(self.code_name)
+            .bind(self.code_rev)
+            .bind(self.priority)
+            .bind(self.timeout)
+            .bind(self.delay)
+            .bind(self.label)
+            .bind(self.cluster)
+            .bind(self.source)
+            .bind(self.payload)
+            .bind(self.received)
+            .bind(self.retry_of)
+            .bind(self.retry_count)
+            .bind(self.schedule_id)
+            .bind(self.verified_by)
+            .bind(self.request)
+            .bind(self.payload_ref)
+    }
+}
+
 /// Records queued tasks in one statement; a task already recorded (a redelivery, or a runner that
-/// recorded it first) is left as it is.
+/// recorded it first) is left as it is. Returns how many it recorded.
 pub async fn record_queued<'e, E>(executor: E, batch: &[Queued<'_>]) -> Result<u64>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
-    let mut id = Vec::with_capacity(batch.len());
-    let mut project = Vec::with_capacity(batch.len());
-    let mut code_id = Vec::with_capacity(batch.len());
-    let mut code_name = Vec::with_capacity(batch.len());
-    let mut code_rev = Vec::with_capacity(batch.len());
-    let mut priority = Vec::with_capacity(batch.len());
-    let mut timeout = Vec::with_capacity(batch.len());
-    let mut delay = Vec::with_capacity(batch.len());
-    let mut label = Vec::with_capacity(batch.len());
-    let mut cluster = Vec::with_capacity(batch.len());
-    let mut source = Vec::with_capacity(batch.len());
-    let mut payload = Vec::with_capacity(batch.len());
-    let mut received = Vec::with_capacity(batch.len());
-    let mut retry_of = Vec::with_capacity(batch.len());
-    let mut retry_count = Vec::with_capacity(batch.len());
-    let mut schedule_id = Vec::with_capacity(batch.len());
-    let mut verified_by = Vec::with_capacity(batch.len());
-    let mut request = Vec::with_capacity(batch.len());
-    let mut payload_ref = Vec::with_capacity(batch.len());
-    for q in batch {
-        let e = q.envelope;
-        id.push(e.task_id.as_str());
-        project.push(e.project_id.as_str());
-        code_id.push(e.code_id.as_str());
-        code_name.push(e.code_name.as_str());
-        code_rev.push(e.code_rev);
-        priority.push(e.priority as i16);
-        timeout.push(e.timeout);
-        delay.push(e.delay);
-        label.push(e.label.as_deref());
-        cluster.push(e.cluster.as_str());
-        source.push(e.source.as_str());
-        payload.push(q.payload);
-        received.push(e.received_at);
-        retry_of.push(e.retry_of.as_deref());
-        retry_count.push(e.retry_count);
-        schedule_id.push(e.schedule_id.as_deref());
-        verified_by.push(e.verified_by.as_deref());
-        // The request is read back only to publish a delayed task when it is due; any other
-        // task's message carries it, so the row (copied on every status change) goes without.
-        request.push(e.request.as_deref().filter(|_| e.delay > 0));
-        payload_ref.push(e.payload_ref.as_deref());
-    }
-    let done = sqlx::query(
-        "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
-            delay, label, cluster, source, payload, created_at, updated_at, retry_of, retry_count,
-            schedule_id, verified_by, request, payload_ref)
-         SELECT id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
-            cluster, source, payload, to_timestamp(received / 1000.0), to_timestamp(received / 1000.0),
-            retry_of, retry_count, schedule_id, verified_by, request, payload_ref
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int2[],
-            $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::int8[],
-            $14::text[], $15::int4[], $16::text[], $17::text[], $18::text[],
-            $19::text[])
-            AS q(id, project_id, code_id, code_name, code_rev, priority, timeout, delay, label,
-                 cluster, source, payload, received, retry_of, retry_count, schedule_id,
-                 verified_by, request, payload_ref)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(project)
-    .bind(code_id)
-    .bind(code_name)
-    .bind(code_rev)
-    .bind(priority)
-    .bind(timeout)
-    .bind(delay)
-    .bind(label)
-    .bind(cluster)
-    .bind(source)
-    .bind(payload)
-    .bind(received)
-    .bind(retry_of)
-    .bind(retry_count)
-    .bind(schedule_id)
-    .bind(verified_by)
-    .bind(request)
-    .bind(payload_ref)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+    let columns = QueuedColumns::new(batch.iter().copied());
+    let (recorded,): (i64,) = columns
+        .bind(sqlx::query_as(
+            "SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                $14, $15, $16, $17, $18, $19)",
+        ))
+        .fetch_one(executor)
+        .await?;
+    Ok(recorded as u64)
 }
 
 #[derive(sqlx::FromRow)]
@@ -666,38 +697,32 @@ pub async fn start_task(
     }))
 }
 
-/// One StartTask of a batch.
+/// One StartTask of a batch: the task as the runner took it from the stream.
 pub struct BatchStart<'a> {
-    pub task_id: &'a str,
-    pub project_id: &'a str,
+    pub queued: Queued<'a>,
     pub runner_id: &'a str,
     pub lease_ms: i64,
     /// The new attempt's task token (its hash is stored).
     pub token: &'a str,
 }
 
-/// Starts, in one call (workhook_start_tasks), every task of `starts` that `start_task` would start without a
-/// question: queued, of the project the call names, due, of an unpaused code whose latest
-/// revision sets no max_concurrency, with its revision still there. Returns the runs by task id
-/// (without their task tokens, which the caller holds); a task left out is for `start_task` to
-/// decide. The task ids must be distinct.
+/// Starts, in one call (workhook_record_and_start_tasks), every task of `starts` that
+/// `start_task` would start without a question: queued, of the project the call names, due, of an
+/// unpaused code whose latest revision sets no max_concurrency, with its revision still there.
+/// A task not recorded yet is recorded first, from the call. Returns the runs by task id (without
+/// their task tokens, which the caller holds); a task left out is for `start_task` to decide. The
+/// task ids must be distinct.
 pub async fn start_batch<'a>(
     pool: &PgPool,
-    starts: impl Iterator<Item = BatchStart<'a>>,
+    starts: &[BatchStart<'a>],
 ) -> Result<HashMap<String, pb::Run>> {
-    let (lower, _) = starts.size_hint();
-    let mut id = Vec::with_capacity(lower);
-    let mut project = Vec::with_capacity(lower);
-    let mut runner = Vec::with_capacity(lower);
-    let mut lease = Vec::with_capacity(lower);
-    let mut token_hash = Vec::with_capacity(lower);
-    for s in starts {
-        id.push(s.task_id);
-        project.push(s.project_id);
-        runner.push(s.runner_id);
-        lease.push(s.lease_ms as f64);
-        token_hash.push(workhook_core::token::hash_token(s.token).to_vec());
-    }
+    let columns = QueuedColumns::new(starts.iter().map(|s| s.queued));
+    let runner: Vec<&str> = starts.iter().map(|s| s.runner_id).collect();
+    let lease: Vec<f64> = starts.iter().map(|s| s.lease_ms as f64).collect();
+    let token_hash: Vec<Vec<u8>> = starts
+        .iter()
+        .map(|s| workhook_core::token::hash_token(s.token).to_vec())
+        .collect();
     #[derive(sqlx::FromRow)]
     struct Started {
         id: String,
@@ -710,19 +735,19 @@ pub async fn start_batch<'a>(
     }
     // The row lock each UPDATE takes makes the start atomic across runners, as in start_task:
     // a task another statement changed first is re-checked against its new version.
-    let rows: Vec<Started> = sqlx::query_as(
-        "SELECT started_id AS id, started_attempt AS attempt, run_command AS command,
-            run_config AS config, run_env_vars AS env_vars, run_checksum AS checksum,
-            run_timeout AS timeout
-         FROM workhook_start_tasks($1, $2, $3, $4, $5)",
-    )
-    .bind(&id)
-    .bind(&project)
-    .bind(&runner)
-    .bind(&lease)
-    .bind(&token_hash)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Started> = columns
+        .bind(sqlx::query_as(
+            "SELECT started_id AS id, started_attempt AS attempt, run_command AS command,
+                run_config AS config, run_env_vars AS env_vars, run_checksum AS checksum,
+                run_timeout AS timeout
+             FROM workhook_record_and_start_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+        ))
+        .bind(runner)
+        .bind(lease)
+        .bind(token_hash)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| {

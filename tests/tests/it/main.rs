@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod priorities;
+mod queue;
 mod routes;
 mod shutdown;
 mod traces;

@@ -90,6 +90,10 @@ async fn each_services_metrics_move_as_a_task_runs() {
     );
     assert_eq!(value(&runner_text, "workhook_runner_slots_busy"), Some(0.0));
 
+    // A delayed task is recorded as it arrives (other queued tasks, only when read or started).
+    stack
+        .queue(&p, serde_json::json!({"code_name": "w", "delay": 600}))
+        .await;
     // The registry samples backlogs every 2 s.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let registry = scrape(&stack, &stack.registry_admin).await;

@@ -124,7 +124,7 @@ async fn a_stopping_ingress_answers_the_webhook_it_is_reading_and_then_refuses()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopping_registry_records_what_its_recorder_holds() {
+async fn tasks_queued_before_a_registry_restart_are_found_after_it() {
     let mut stack = Stack::start_with(StackOptions {
         runners: 0,
         ..Default::default()

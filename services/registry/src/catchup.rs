@@ -1,0 +1,226 @@
+//! The catch-up: records, on demand, the queued tasks that wait in the stream.
+//!
+//! A queued task is not written to Postgres when it is published: at the publish rate that write
+//! was most of what a webhook cost (see docs/BENCHMARKS.md). Until something reads it, the stream
+//! alone holds it. A runner's StartTask records it from the call; a lookup by id finds it in the
+//! stream by its subject and records that one task (`find_queued`); a call over many tasks
+//! (a list, the stats, cancel-all) first runs a catch-up, which records every task published
+//! since the last one, from a short-lived consumer that starts where the last catch-up stopped
+//! (`stream_recorded`, migration 0010). A task that left the stream meanwhile was acked by a
+//! runner, which started it and so recorded it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    stream::{LastRawMessageErrorKind, Stream},
+};
+use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use sqlx::PgPool;
+use workhook_core::{stream::Layout, Envelope};
+use workhook_proto as pb;
+
+use crate::store::{self, Queued};
+
+/// Messages a catch-up takes, and records, at a time.
+const BATCH: usize = 500;
+
+pub struct CatchUp {
+    pub pool: PgPool,
+    pub stream: Stream,
+    pub layout: Layout,
+    /// Tasks recorded from the stream, by catch-ups and lookups.
+    pub recorded: Counter,
+    /// One catch-up at a time in this process: the next one starts where it stopped.
+    running: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("reading the stream: {0}")]
+    Nats(#[from] async_nats::Error),
+    #[error("recording: {0}")]
+    Store(#[from] crate::error::RegistryError),
+}
+
+impl From<sqlx::Error> for CatchUpError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl CatchUp {
+    pub fn new(pool: PgPool, stream: Stream, layout: Layout, recorded: Counter) -> Self {
+        Self {
+            pool,
+            stream,
+            layout,
+            recorded,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Records every queued task the stream held when called that is not recorded yet; returns
+    /// how many it recorded. Another registry replica may record the same tasks at the same
+    /// time: each is recorded once.
+    pub async fn run(&self) -> Result<u64, CatchUpError> {
+        let info = self.stream.get_info().await.map_err(nats)?;
+        let target = info.state.last_sequence;
+        let _one = self.running.lock().await;
+        // A stream deleted and created again numbers its messages from 1 again.
+        let created = info.created.unix_timestamp_nanos() as i64;
+        let done: Option<(i64,)> = sqlx::query_as(
+            "SELECT seq FROM stream_recorded WHERE stream = $1 AND stream_created_ns = $2",
+        )
+        .bind(self.layout.stream())
+        .bind(created)
+        .fetch_optional(&self.pool)
+        .await?;
+        let from = done
+            .map_or(0, |(seq,)| seq as u64 + 1)
+            .max(info.state.first_sequence);
+        if from > target || info.state.messages == 0 {
+            return Ok(0);
+        }
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: AckPolicy::None,
+                filter_subject: self.layout.all_tasks(),
+                memory_storage: true,
+                // Removed by the server if this process goes away before it deletes it.
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let name = consumer.cached_info().name.clone();
+        let recorded = self.record_through(&consumer, target, created).await;
+        if let Err(e) = self.stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "deleting the catch-up's consumer; the server will");
+        }
+        recorded
+    }
+
+    async fn record_through(
+        &self,
+        consumer: &PullConsumer,
+        target: u64,
+        created: i64,
+    ) -> Result<u64, CatchUpError> {
+        let mut recorded = 0;
+        loop {
+            let mut messages = consumer
+                .fetch()
+                .max_messages(BATCH)
+                .messages()
+                .await
+                .map_err(nats)?;
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut taken = 0;
+            let mut reached = false;
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(nats)?;
+                taken += 1;
+                let seq = m.info().map_err(nats)?.stream_sequence;
+                if seq > target {
+                    reached = true;
+                    break;
+                }
+                reached |= seq == target;
+                match Envelope::from_headers(m.headers.as_ref()) {
+                    Ok(e) => batch.push((pb::Envelope::from(&e), m)),
+                    // Nothing can run it: the runners drop it when they take it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq, "unreadable task message; not recorded")
+                    }
+                }
+            }
+            // The same order as a batch of starts, so that the two never deadlock.
+            batch.sort_unstable_by(|(a, _), (b, _)| a.task_id.cmp(&b.task_id));
+            let queued: Vec<Queued<'_>> = batch
+                .iter()
+                .map(|(envelope, m)| Queued {
+                    envelope,
+                    payload: &m.payload,
+                })
+                .collect();
+            if !queued.is_empty() {
+                recorded += store::record_queued(&self.pool, &queued).await?;
+            }
+            // Fewer than asked for: nothing more was there (a fetch does not wait).
+            let done = reached || taken < BATCH;
+            // Every message up to here is recorded or was acked by the runners (which
+            // recorded its task when they started it).
+            let upto = if done {
+                Some(target)
+            } else {
+                batch
+                    .last()
+                    .and_then(|(_, m)| m.info().ok())
+                    .map(|i| i.stream_sequence)
+            };
+            if let Some(seq) = upto {
+                self.save(created, seq).await?;
+            }
+            if done {
+                break;
+            }
+        }
+        self.recorded.inc_by(recorded);
+        Ok(recorded)
+    }
+
+    async fn save(&self, created: i64, seq: u64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO stream_recorded (stream, stream_created_ns, seq) VALUES ($1, $2, $3)
+             ON CONFLICT (stream) DO UPDATE SET
+                seq = CASE WHEN stream_recorded.stream_created_ns = EXCLUDED.stream_created_ns
+                           THEN GREATEST(stream_recorded.seq, EXCLUDED.seq)
+                           ELSE EXCLUDED.seq END,
+                stream_created_ns = EXCLUDED.stream_created_ns",
+        )
+        .bind(self.layout.stream())
+        .bind(created)
+        .bind(seq as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Looks for one task in the stream and records it if it is there. False when the stream
+    /// does not hold it (it does not exist, or it was recorded and then left the stream).
+    pub async fn find_queued(&self, project_id: &str, task_id: &str) -> Result<bool, CatchUpError> {
+        let subject = self.layout.task_lookup(project_id, task_id);
+        let message = match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+            Err(e) => return Err(nats(e)),
+        };
+        let envelope = match Envelope::from_headers(Some(&message.headers)) {
+            Ok(e) => pb::Envelope::from(&e),
+            Err(e) => {
+                tracing::warn!(error = %e, %task_id, "unreadable task message; not recorded");
+                return Ok(false);
+            }
+        };
+        let recorded = store::record_queued(
+            &self.pool,
+            &[Queued {
+                envelope: &envelope,
+                payload: &message.payload,
+            }],
+        )
+        .await?;
+        self.recorded.inc_by(recorded);
+        Ok(true)
+    }
+}
+
+fn nats(e: impl Into<async_nats::Error>) -> CatchUpError {
+    CatchUpError::Nats(e.into())
+}

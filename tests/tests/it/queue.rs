@@ -1,0 +1,153 @@
+//! Queued tasks wait in the stream, not in Postgres: a task's row is written when something reads
+//! it (a lookup, a list, the stats) or when a runner starts it, never at the publish rate. What a
+//! client sees is the same as if every task had been recorded at once.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+use workhook_tests::{accepted_id, Project, RunCounter, Stack, StackOptions};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// How many task rows the stack's database holds.
+async fn rows(stack: &Stack) -> i64 {
+    let mut db = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    n
+}
+
+async fn listed(stack: &Stack, p: &Project, query: &str) -> Vec<String> {
+    let r = stack.get(p, &format!("/tasks{query}")).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn post_empty(stack: &Stack, p: &Project, path: &str) -> reqwest::Response {
+    stack
+        .client
+        .post(stack.url(&format!("/2/projects/{}{path}", p.id)))
+        .header("Authorization", format!("OAuth {}", p.token))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_tasks_are_recorded_when_read_not_when_published() {
+    let mut stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("lazy").await;
+    let runs = RunCounter::new();
+    let code = stack
+        .upload_script(&p, "w", &format!("{}; cat \"$PAYLOAD_FILE\"", runs.mark()))
+        .await;
+    let code_id = code["id"].as_str().unwrap().to_string();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(accepted_id(stack.webhook(&p, "w", format!("body {i}")).await).await);
+    }
+    // A delayed task is recorded as it arrives: it waits in its row until due.
+    let later = stack
+        .queue(&p, json!({"code_name": "w", "delay": 600}))
+        .await;
+    let until = std::time::Instant::now() + WITHIN;
+    while rows(&stack).await < 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the delayed task was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows(&stack).await, 1, "only the delayed task is recorded");
+
+    // A lookup finds a task in the stream and records that one.
+    let task = stack.task(&p, &ids[1]).await;
+    assert_eq!(task["status"], "queued");
+    assert_eq!(task["code_name"], "w");
+    assert_eq!(rows(&stack).await, 2);
+    assert_eq!(stack.log(&p, &ids[2]).await.len(), 0);
+    assert_eq!(rows(&stack).await, 3);
+    let none = "0123456789abcdef01234567";
+    assert_eq!(stack.get(&p, &format!("/tasks/{none}")).await.status(), 404);
+
+    // A list records everything queued before it, newest first as always.
+    let mut all = listed(&stack, &p, "").await;
+    assert_eq!(all[0], later);
+    let mut expected = ids.clone();
+    expected.push(later.clone());
+    all.sort();
+    expected.sort();
+    assert_eq!(all, expected);
+    assert_eq!(
+        listed(&stack, &p, "?queued=1").await.len(),
+        4,
+        "every task is queued"
+    );
+    assert_eq!(rows(&stack).await, 4);
+
+    // The next catch-up starts where this one stopped.
+    let more = accepted_id(stack.webhook(&p, "w", "more").await).await;
+    let r = stack.get(&p, &format!("/codes/{code_id}/stats")).await;
+    assert_eq!(r.status(), 200);
+    let stats: Value = r.json().await.unwrap();
+    assert_eq!(stats["queued"], 5, "{stats}");
+    assert_eq!(rows(&stack).await, 5);
+
+    // Tasks recorded by a read, and tasks nobody read, run the same.
+    let unread = accepted_id(stack.webhook(&p, "w", "unread").await).await;
+    stack.add_runner();
+    for id in ids.iter().chain([&more, &unread]) {
+        let done = stack.wait_done(&p, id, WITHIN).await;
+        assert_eq!(done["status"], "complete", "{done}");
+    }
+    assert_eq!(&stack.log(&p, &unread).await[..], b"unread");
+    assert_eq!(runs.count(), 5, "each task ran once");
+    assert_eq!(stack.task(&p, &later).await["status"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_while_it_waits_unrecorded_never_runs() {
+    let mut stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("cancel").await;
+    let runs = RunCounter::new();
+    let code = stack.upload_script(&p, "w", &runs.mark()).await;
+    let code_id = code["id"].as_str().unwrap().to_string();
+    let one = accepted_id(stack.webhook(&p, "w", "one").await).await;
+    let r = post_empty(&stack, &p, &format!("/tasks/{one}/cancel")).await;
+    assert_eq!(r.status(), 200);
+    let two = accepted_id(stack.webhook(&p, "w", "two").await).await;
+    let three = accepted_id(stack.webhook(&p, "w", "three").await).await;
+    let r = post_empty(&stack, &p, &format!("/codes/{code_id}/cancel_all")).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["cancelled"], 2, "{body}");
+    let ran = accepted_id(stack.webhook(&p, "w", "runs").await).await;
+
+    stack.add_runner();
+    assert_eq!(
+        stack.wait_done(&p, &ran, WITHIN).await["status"],
+        "complete"
+    );
+    for id in [&one, &two, &three] {
+        assert_eq!(stack.task(&p, id).await["status"], "cancelled");
+    }
+    assert_eq!(runs.count(), 1, "only the task not cancelled ran");
+}
