@@ -151,3 +151,33 @@ async fn a_task_cancelled_while_it_waits_unrecorded_never_runs() {
     }
     assert_eq!(runs.count(), 1, "only the task not cancelled ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_recorder_consumer_is_narrowed_to_delayed_tasks_when_a_service_starts() {
+    use async_nats::jetstream::consumer::pull;
+    use workhook_core::stream::{Layout, RECORDER_CONSUMER};
+
+    let nats = workhook_tests::NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let layout = Layout::new("upgrade").unwrap();
+    let window = Duration::from_secs(120);
+    // As an earlier version left it: the recorder took every task.
+    let stream = js
+        .get_or_create_stream(layout.stream_config(1, window))
+        .await
+        .unwrap();
+    let older = pull::Config {
+        filter_subject: String::new(),
+        ..layout.recorder_config()
+    };
+    stream.create_consumer(older).await.unwrap();
+    let filter = |stream: async_nats::jetstream::stream::Stream| async move {
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(RECORDER_CONSUMER).await.unwrap();
+        consumer.cached_info().config.filter_subject.clone()
+    };
+    assert_eq!(filter(stream.clone()).await, "");
+
+    let stream = layout.ensure_stream(&js, 1, window).await.unwrap();
+    assert_eq!(filter(stream).await, layout.delayed_tasks());
+}
