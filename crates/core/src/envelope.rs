@@ -145,20 +145,24 @@ impl Envelope {
     }
 
     /// The JetStream message that queues this task: the envelope in its headers, with the
-    /// trace context of `span` when traces are on, `payload` as the body, and `message_id` as
-    /// its `Nats-Msg-Id` (JetStream drops a second publish of it within the duplicate window).
+    /// trace context of `span` when traces are on, `payload` as the body, and `message_id`, if
+    /// any, as its `Nats-Msg-Id` (JetStream drops a second publish of it within the duplicate
+    /// window). A task whose id is fresh and random needs none: nothing else can publish it.
     pub fn queue_message(
         &self,
         payload: bytes::Bytes,
-        message_id: &str,
+        message_id: Option<&str>,
         span: &tracing::Span,
     ) -> async_nats::jetstream::message::PublishMessage {
         let mut headers = self.to_headers();
         crate::telemetry::inject_span(span, &mut headers);
-        async_nats::jetstream::message::PublishMessage::build()
+        let message = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload)
-            .headers(headers)
-            .message_id(message_id)
+            .headers(headers);
+        match message_id {
+            Some(id) => message.message_id(id),
+            None => message,
+        }
     }
 
     /// The [`TASK`] header's value: `1` (the format), then the task, project and code ids, the

@@ -19,7 +19,7 @@ use workhook_proto as pb;
 
 use crate::error::{ApiError, ApiResult};
 use crate::legacy;
-use crate::state::{App, CodeRef, Verification};
+use crate::state::{App, CodeRef, TaskIdKind, Verification};
 use crate::views::{CodeView, TaskView};
 
 /// IronWorker's limits.
@@ -329,16 +329,20 @@ async fn queue_webhook(
         .as_ref()
         .and_then(|v| v.delivery_id.as_deref())
         .or_else(|| delivery_id(&headers));
-    if let Some(delivery) = delivery_id {
+    let id = match delivery_id {
         // The same delivery to the same code is the same task, within JetStream's duplicate
         // window (Nats-Msg-Id) and beyond it (the registry records an id once, and a finished
         // task is never run again).
-        envelope.task_id = ids::id_for_key(&format!("{project_id}/{}/{delivery}", code.id));
-    }
+        Some(delivery) => {
+            envelope.task_id = ids::id_for_key(&format!("{project_id}/{}/{delivery}", code.id));
+            TaskIdKind::FromDelivery
+        }
+        None => TaskIdKind::Fresh,
+    };
     envelope.verified_by = verified.map(|v| v.scheme.to_string());
     envelope.request = Some(worker_request(&method, &uri, &headers));
     tracing::Span::current().record("task_id", envelope.task_id.as_str());
-    app.publish_large(&mut envelope, payload).await?;
+    app.publish_large(&mut envelope, payload, id).await?;
     Ok(Json(json!({ "id": envelope.task_id, "msg": "Queued up." })))
 }
 
@@ -532,7 +536,7 @@ async fn queue_batch(
     let acks = futures_util::future::join_all(
         queued
             .iter()
-            .map(|(envelope, payload)| app.publish(envelope, payload.clone())),
+            .map(|(envelope, payload)| app.publish(envelope, payload.clone(), TaskIdKind::Fresh)),
     )
     .await;
     acks.into_iter().collect::<ApiResult<Vec<()>>>()?;
@@ -1042,7 +1046,8 @@ async fn queue_retry(
         payload_ref: original.payload_ref,
     };
     tracing::Span::current().record("task_id", envelope.task_id.as_str());
-    app.publish(&envelope, original.payload).await?;
+    app.publish(&envelope, original.payload, TaskIdKind::Fresh)
+        .await?;
     Ok(Json(
         json!({ "msg": "Queued up", "tasks": [{ "id": envelope.task_id }] }),
     ))

@@ -35,6 +35,17 @@ pub struct CodeRef {
     pub verification: Verification,
 }
 
+/// Where a task's id came from, which decides whether its message needs a `Nats-Msg-Id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskIdKind {
+    /// Derived from the sender's delivery id: a redelivery is the same task, and JetStream's
+    /// duplicate window drops its second publish.
+    FromDelivery,
+    /// New and random: no other publish can carry it, so JetStream has nothing to deduplicate
+    /// (and keeps no id in its window for it).
+    Fresh,
+}
+
 pub struct AppState {
     pub registry: RegistryClient<Channel>,
     /// The registry's channel, for health checks.
@@ -278,9 +289,14 @@ impl AppState {
     /// failure, including no answer within the publish timeout, is a 503 so the sender retries.
     /// Publishes a task whose payload may be too large for a message: such a payload is first
     /// stored in the payload bucket (named by the task id) and the message carries its name.
-    pub async fn publish_large(&self, envelope: &mut Envelope, payload: Bytes) -> ApiResult<()> {
+    pub async fn publish_large(
+        &self,
+        envelope: &mut Envelope,
+        payload: Bytes,
+        id: TaskIdKind,
+    ) -> ApiResult<()> {
         if payload.len() <= self.max_json_bytes {
-            return self.publish(envelope, payload).await;
+            return self.publish(envelope, payload, id).await;
         }
         let stored = tokio::time::timeout(
             self.publish_timeout * 4,
@@ -303,17 +319,26 @@ impl AppState {
             }
         }
         envelope.payload_ref = Some(envelope.task_id.clone());
-        self.publish(envelope, Bytes::new()).await
+        self.publish(envelope, Bytes::new(), id).await
     }
 
-    pub async fn publish(&self, envelope: &Envelope, payload: Bytes) -> ApiResult<()> {
+    pub async fn publish(
+        &self,
+        envelope: &Envelope,
+        payload: Bytes,
+        id: TaskIdKind,
+    ) -> ApiResult<()> {
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             return Err(ApiError::Unavailable(
                 "The queue is unavailable; retry shortly".into(),
             ));
         }
         let subject = self.layout.subject_for(envelope);
-        let message = envelope.queue_message(payload, &envelope.task_id, &tracing::Span::current());
+        let message_id = match id {
+            TaskIdKind::FromDelivery => Some(envelope.task_id.as_str()),
+            TaskIdKind::Fresh => None,
+        };
+        let message = envelope.queue_message(payload, message_id, &tracing::Span::current());
         let started = std::time::Instant::now();
         let acked = tokio::time::timeout(self.publish_timeout, async {
             self.js.send_publish(subject, message).await?.await

@@ -107,7 +107,7 @@ async fn release_due(
         // Its own trace: the context of the request that queued it is not kept in Postgres.
         let message = envelope.queue_message(
             t.payload.into(),
-            &format!("{}.due", t.id),
+            Some(&format!("{}.due", t.id)),
             &tracing::Span::none(),
         );
         acks.push(js.send_publish(subject, message).await?);

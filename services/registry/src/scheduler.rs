@@ -140,8 +140,11 @@ async fn run_due(pool: &PgPool, js: &jetstream::Context, layout: &Layout) -> any
                     schedule_id = %s.id,
                     task_id = %envelope.task_id,
                 );
-                let message =
-                    envelope.queue_message(s.payload.clone().into(), &envelope.task_id, &span);
+                let message = envelope.queue_message(
+                    s.payload.clone().into(),
+                    Some(&envelope.task_id),
+                    &span,
+                );
                 let subject = layout.subject_for(&envelope);
                 // Not durable means not run: leave the schedule as it is and try next tick.
                 async { js.send_publish(subject, message).await?.await }

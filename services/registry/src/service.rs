@@ -126,9 +126,13 @@ impl RegistryService {
         payload: Vec<u8>,
     ) -> Result<(), Status> {
         let subject = self.layout.subject_for(envelope);
-        // The retry continues the trace of the attempt that failed (this call's span).
-        let message =
-            envelope.queue_message(payload.into(), &envelope.task_id, &tracing::Span::current());
+        // The retry continues the trace of the attempt that failed (this call's span). Its id is
+        // derived from the failed task's, so publishing it twice is one task.
+        let message = envelope.queue_message(
+            payload.into(),
+            Some(&envelope.task_id),
+            &tracing::Span::current(),
+        );
         let acked = async {
             self.js.send_publish(subject, message).await?.await?;
             Ok::<_, async_nats::Error>(())

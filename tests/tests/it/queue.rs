@@ -181,3 +181,53 @@ async fn an_older_recorder_consumer_is_narrowed_to_delayed_tasks_when_a_service_
     let stream = layout.ensure_stream(&js, 1, window).await.unwrap();
     assert_eq!(filter(stream).await, layout.delayed_tasks());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_task_with_a_delivery_id_carries_a_nats_msg_id() {
+    use futures_util::StreamExt;
+
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("msgid").await;
+    stack.upload_script(&p, "w", "true").await;
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let mut messages = nats
+        .subscribe(format!("{}.tasks.>", stack.prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    let fresh = accepted_id(stack.webhook(&p, "w", "fresh").await).await;
+    let delivered = stack
+        .client
+        .post(stack.url(&format!(
+            "/2/projects/{}/tasks/webhook?code_name=w&oauth={}",
+            p.id, p.token
+        )))
+        .header("X-GitHub-Delivery", "delivery-1")
+        .body("delivered")
+        .send()
+        .await
+        .unwrap();
+    let delivered = accepted_id(delivered).await;
+    for (id, msg_id) in [(&fresh, None), (&delivered, Some(delivered.as_str()))] {
+        let message = tokio::time::timeout(WITHIN, messages.next())
+            .await
+            .expect("the task's message")
+            .unwrap();
+        assert!(
+            message.subject.ends_with(&format!(".{id}")),
+            "{}",
+            message.subject
+        );
+        let headers = message.headers.unwrap_or_default();
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            msg_id,
+            "{headers:?}"
+        );
+    }
+}

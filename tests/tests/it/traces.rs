@@ -12,8 +12,6 @@ use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 use workhook_core::envelope::RETRY_OF;
 
-/// Every task message's `Nats-Msg-Id` is its task id.
-const TASK_ID: &str = "Nats-Msg-Id";
 use workhook_core::telemetry::{self, Telemetry, TelemetryConfig};
 use workhook_tests::telemetry::{CollectedSpan, LogLines, OtlpCollector};
 use workhook_tests::{accepted_id, Project, Stack};
@@ -70,20 +68,32 @@ async fn watch_task_messages(stack: &Stack) -> async_nats::Subscriber {
     messages
 }
 
-/// The headers of the next task message whose header `name` is `value`.
+/// What identifies a task message.
+enum Find<'a> {
+    /// The task's own message: its subject ends in the task id.
+    Task(&'a str),
+    /// The message whose header `.0` is `.1`.
+    Header(&'a str, &'a str),
+}
+
+/// The task id and the headers of the next task message that `find` picks.
 async fn message_headers(
     messages: &mut async_nats::Subscriber,
-    name: &str,
-    value: &str,
-) -> async_nats::HeaderMap {
+    find: Find<'_>,
+) -> (String, async_nats::HeaderMap) {
     loop {
         let message = tokio::time::timeout(WITHIN, messages.next())
             .await
-            .unwrap_or_else(|_| panic!("no task message with {name}: {value}"))
+            .unwrap_or_else(|_| panic!("no task message for the task"))
             .unwrap();
+        let task_id = message.subject.rsplit('.').next().unwrap().to_string();
         let headers = message.headers.unwrap_or_default();
-        if headers.get(name).is_some_and(|v| v.as_str() == value) {
-            return headers;
+        let found = match find {
+            Find::Task(id) => task_id == id,
+            Find::Header(name, value) => headers.get(name).is_some_and(|v| v.as_str() == value),
+        };
+        if found {
+            return (task_id, headers);
         }
     }
 }
@@ -194,7 +204,7 @@ async fn one_trace_follows_a_webhook_from_the_ingress_through_the_runner_to_its_
     let mut messages = watch_task_messages(&stack).await;
 
     let id = webhook(&stack, &p, "ok").await;
-    let headers = message_headers(&mut messages, TASK_ID, &id).await;
+    let (_, headers) = message_headers(&mut messages, Find::Task(&id)).await;
     let traceparent = headers
         .get("traceparent")
         .expect("the task message carries a traceparent")
@@ -206,9 +216,8 @@ async fn one_trace_follows_a_webhook_from_the_ingress_through_the_runner_to_its_
     let failing = webhook(&stack, &p, "flaky").await;
     let failed = stack.wait_done(&p, &failing, WITHIN).await;
     assert_eq!(failed["status"], "error", "{failed}");
-    let retry = message_headers(&mut messages, RETRY_OF, &failing).await;
-    assert!(retry.get("traceparent").is_some(), "{retry:?}");
-    let retry = retry.get(TASK_ID).unwrap().as_str().to_string();
+    let (retry, headers) = message_headers(&mut messages, Find::Header(RETRY_OF, &failing)).await;
+    assert!(headers.get("traceparent").is_some(), "{headers:?}");
     stack.wait_done(&p, &retry, WITHIN).await;
 
     let spans = collect_task_spans(&telemetry, &collector, &[&id, &failing, &retry]).await;
@@ -297,7 +306,7 @@ async fn json_log_lines_of_a_task_carry_its_id_and_no_trace_context_rides_when_t
         .await;
     let mut messages = watch_task_messages(&stack).await;
     let id = webhook(&stack, &p, "ok").await;
-    let headers = message_headers(&mut messages, TASK_ID, &id).await;
+    let (_, headers) = message_headers(&mut messages, Find::Task(&id)).await;
     assert!(headers.get("traceparent").is_none(), "{headers:?}");
     let task = stack.wait_done(&p, &id, WITHIN).await;
     assert_eq!(task["status"], "complete", "{task}");
