@@ -768,6 +768,16 @@ impl Stack {
             .unwrap()
     }
 
+    /// POSTs to a project's route with no body (cancel, pause and the like take none).
+    pub async fn post_empty(&self, project: &Project, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/2/projects/{}{path}", project.id)))
+            .header("Authorization", format!("OAuth {}", project.token))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn task(&self, project: &Project, id: &str) -> Value {
         let r = self.get(project, &format!("/tasks/{id}")).await;
         assert_eq!(r.status(), 200, "GET task {id}");

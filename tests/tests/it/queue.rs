@@ -32,16 +32,6 @@ async fn listed(stack: &Stack, p: &Project, query: &str) -> Vec<String> {
         .collect()
 }
 
-async fn post_empty(stack: &Stack, p: &Project, path: &str) -> reqwest::Response {
-    stack
-        .client
-        .post(stack.url(&format!("/2/projects/{}{path}", p.id)))
-        .header("Authorization", format!("OAuth {}", p.token))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_tasks_are_recorded_when_read_not_when_published() {
     let mut stack = Stack::start_with(StackOptions {
@@ -131,11 +121,13 @@ async fn a_task_cancelled_while_it_waits_unrecorded_never_runs() {
     let code = stack.upload_script(&p, "w", &runs.mark()).await;
     let code_id = code["id"].as_str().unwrap().to_string();
     let one = accepted_id(stack.webhook(&p, "w", "one").await).await;
-    let r = post_empty(&stack, &p, &format!("/tasks/{one}/cancel")).await;
+    let r = stack.post_empty(&p, &format!("/tasks/{one}/cancel")).await;
     assert_eq!(r.status(), 200);
     let two = accepted_id(stack.webhook(&p, "w", "two").await).await;
     let three = accepted_id(stack.webhook(&p, "w", "three").await).await;
-    let r = post_empty(&stack, &p, &format!("/codes/{code_id}/cancel_all")).await;
+    let r = stack
+        .post_empty(&p, &format!("/codes/{code_id}/cancel_all"))
+        .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["cancelled"], 2, "{body}");

@@ -19,16 +19,6 @@ async fn post_json(stack: &Stack, p: &Project, path: &str, body: Value) -> reqwe
         .unwrap()
 }
 
-async fn post_empty(stack: &Stack, p: &Project, path: &str) -> reqwest::Response {
-    stack
-        .client
-        .post(stack.url(&format!("/2/projects/{}{path}", p.id)))
-        .header("Authorization", format!("OAuth {}", p.token))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn json_of(r: reqwest::Response, status: u16) -> Value {
     assert_eq!(r.status(), status);
     assert!(r.headers()["content-type"]
@@ -115,21 +105,31 @@ async fn paused_codes_keep_their_tasks_queued_until_resumed_and_cancel_all_cance
     let p = stack.create_project("pause").await;
     let code = stack.upload_script(&p, "w", "echo ran").await;
     let code_id = code["id"].as_str().unwrap();
-    let r = post_empty(&stack, &p, &format!("/codes/{code_id}/pause_task_queue")).await;
+    let r = stack
+        .post_empty(&p, &format!("/codes/{code_id}/pause_task_queue"))
+        .await;
     assert_eq!(json_of(r, 200).await["msg"], "Paused");
     let a = stack.queue(&p, json!({"code_name": "w"})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.task(&p, &a).await["status"], "queued");
-    let r = post_empty(&stack, &p, &format!("/codes/{code_id}/resume_task_queue")).await;
+    let r = stack
+        .post_empty(&p, &format!("/codes/{code_id}/resume_task_queue"))
+        .await;
     assert_eq!(json_of(r, 200).await["msg"], "Resumed");
     assert_eq!(stack.wait_done(&p, &a, WITHIN).await["status"], "complete");
 
-    post_empty(&stack, &p, &format!("/codes/{code_id}/pause_task_queue")).await;
+    stack
+        .post_empty(&p, &format!("/codes/{code_id}/pause_task_queue"))
+        .await;
     let b = stack.queue(&p, json!({"code_name": "w"})).await;
     let c = stack.queue(&p, json!({"code_name": "w"})).await;
-    let r = post_empty(&stack, &p, &format!("/codes/{code_id}/cancel_all")).await;
+    let r = stack
+        .post_empty(&p, &format!("/codes/{code_id}/cancel_all"))
+        .await;
     assert_eq!(json_of(r, 200).await["cancelled"], 2);
-    post_empty(&stack, &p, &format!("/codes/{code_id}/resume_task_queue")).await;
+    stack
+        .post_empty(&p, &format!("/codes/{code_id}/resume_task_queue"))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for id in [b, c] {
         let task = stack.task(&p, &id).await;
@@ -184,10 +184,12 @@ async fn tasks_are_listed_with_filters_cancelled_retried_and_report_progress() {
     assert_eq!(stack.get(&p, "/tasks?per_page=101").await.status(), 400);
 
     // Cancel a queued task: no body, no content type.
-    let r = post_empty(&stack, &p, &format!("/tasks/{later}/cancel")).await;
+    let r = stack
+        .post_empty(&p, &format!("/tasks/{later}/cancel"))
+        .await;
     assert_eq!(json_of(r, 200).await["msg"], "Cancelled");
     assert_eq!(stack.task(&p, &later).await["status"], "cancelled");
-    let r = post_empty(&stack, &p, &format!("/tasks/{ok}/cancel")).await;
+    let r = stack.post_empty(&p, &format!("/tasks/{ok}/cancel")).await;
     assert_eq!(r.status(), 400, "a finished task cannot be cancelled");
 
     // Progress wants JSON.
@@ -204,7 +206,7 @@ async fn tasks_are_listed_with_filters_cancelled_retried_and_report_progress() {
         (task["percent"].clone(), task["msg"].clone()),
         (json!(42), json!("half"))
     );
-    let r = post_empty(&stack, &p, &format!("/tasks/{ok}/progress")).await;
+    let r = stack.post_empty(&p, &format!("/tasks/{ok}/progress")).await;
     assert_eq!(r.status(), 406);
     let r = post_json(
         &stack,
@@ -273,7 +275,7 @@ async fn a_running_task_is_cancelled_within_a_second_and_keeps_its_log() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = post_empty(&stack, &p, &format!("/tasks/{id}/cancel")).await;
+    let r = stack.post_empty(&p, &format!("/tasks/{id}/cancel")).await;
     let cancelled_at = std::time::Instant::now();
     assert_eq!(r.status(), 200);
     assert_eq!(stack.task(&p, &id).await["status"], "cancelled");
@@ -348,7 +350,9 @@ async fn schedules_are_created_listed_updated_and_cancelled() {
     let s = json_of(stack.get(&p, &format!("/schedules/{id}")).await, 200).await;
     assert_eq!(s["run_every"], 120);
 
-    let r = post_empty(&stack, &p, &format!("/schedules/{id}/cancel")).await;
+    let r = stack
+        .post_empty(&p, &format!("/schedules/{id}/cancel"))
+        .await;
     assert_eq!(json_of(r, 200).await["msg"], "Cancelled");
     let s = json_of(stack.get(&p, &format!("/schedules/{id}")).await, 200).await;
     assert_eq!(s["status"], "cancelled");
@@ -368,7 +372,7 @@ async fn schedules_are_created_listed_updated_and_cancelled() {
         let r = post_json(&stack, &p, "/schedules", body.clone()).await;
         assert_eq!(r.status(), status, "{body}");
     }
-    let r = post_empty(&stack, &p, "/schedules").await;
+    let r = stack.post_empty(&p, "/schedules").await;
     assert_eq!(r.status(), 406);
     assert_eq!(
         stack
