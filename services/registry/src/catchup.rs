@@ -42,6 +42,8 @@ pub enum CatchUpError {
     Nats(#[from] async_nats::Error),
     #[error("recording: {0}")]
     Store(#[from] crate::error::RegistryError),
+    #[error("the stream holds {0} more tasks but delivered none")]
+    Stalled(u64),
 }
 
 impl From<sqlx::Error> for CatchUpError {
@@ -113,6 +115,7 @@ impl CatchUp {
         created: i64,
     ) -> Result<u64, CatchUpError> {
         let mut recorded = 0;
+        let mut empty_fetches = 0;
         loop {
             let mut messages = consumer
                 .fetch()
@@ -121,17 +124,21 @@ impl CatchUp {
                 .await
                 .map_err(nats)?;
             let mut batch = Vec::with_capacity(BATCH);
-            let mut taken = 0;
+            // What the consumer still held after the last message taken.
+            let mut pending = None;
+            let mut last_seq = None;
             let mut reached = false;
             while let Some(m) = messages.next().await {
                 let m = m.map_err(nats)?;
-                taken += 1;
-                let seq = m.info().map_err(nats)?.stream_sequence;
+                let info = m.info().map_err(nats)?;
+                let seq = info.stream_sequence;
+                pending = Some(info.pending);
                 if seq > target {
                     reached = true;
                     break;
                 }
                 reached |= seq == target;
+                last_seq = Some(seq);
                 match Envelope::from_headers(m.headers.as_ref()) {
                     Ok(e) => batch.push((pb::Envelope::from(&e), m)),
                     // Nothing can run it: the runners drop it when they take it.
@@ -152,18 +159,24 @@ impl CatchUp {
             if !queued.is_empty() {
                 recorded += store::record_queued(&self.pool, &queued).await?;
             }
-            // Fewer than asked for: nothing more was there (a fetch does not wait).
-            let done = reached || taken < BATCH;
+            // Done once the target is passed or the consumer holds nothing more. A fetch does not
+            // wait, so one that brought nothing asks the consumer; one that keeps bringing
+            // nothing while it holds messages is an error, and the next call tries again.
+            let done = reached
+                || match pending {
+                    Some(left) => left == 0,
+                    None => {
+                        let left = consumer.get_info().await.map_err(nats)?.num_pending;
+                        empty_fetches += 1;
+                        if left > 0 && empty_fetches >= 3 {
+                            return Err(CatchUpError::Stalled(left));
+                        }
+                        left == 0
+                    }
+                };
             // Every message up to here is recorded or was acked by the runners (which
             // recorded its task when they started it).
-            let upto = if done {
-                Some(target)
-            } else {
-                batch
-                    .last()
-                    .and_then(|(_, m)| m.info().ok())
-                    .map(|i| i.stream_sequence)
-            };
+            let upto = if done { Some(target) } else { last_seq };
             if let Some(seq) = upto {
                 self.save(created, seq).await?;
             }

@@ -223,3 +223,30 @@ async fn only_a_task_with_a_delivery_id_carries_a_nats_msg_id() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_several_catch_up_batches_is_recorded_in_full() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("backlog").await;
+    let code = stack.upload_script(&p, "w", "true").await;
+    let code_id = code["id"].as_str().unwrap().to_string();
+    // More than two of the catch-up's batches of 500.
+    const QUEUED: usize = 1_234;
+    for chunk in 0..QUEUED.div_ceil(64) {
+        let sends = (chunk * 64..QUEUED.min((chunk + 1) * 64))
+            .map(|i| stack.webhook(&p, "w", format!("{i}")));
+        for r in futures_util::future::join_all(sends).await {
+            accepted_id(r).await;
+        }
+    }
+    assert_eq!(rows(&stack).await, 0);
+    let r = stack.get(&p, &format!("/codes/{code_id}/stats")).await;
+    assert_eq!(r.status(), 200);
+    let stats: Value = r.json().await.unwrap();
+    assert_eq!(stats["queued"], QUEUED, "{stats}");
+    assert_eq!(rows(&stack).await, QUEUED as i64);
+}
