@@ -1,0 +1,74 @@
+"""What nats-server spends per task message, by what the message and the stream carry.
+
+Starts its own nats-server (the one scripts/lib.sh installs, or NATS_SERVER_BIN) on 127.0.0.1,
+publishes N messages shaped like workhook's (1 KiB body, 64 in flight, waiting for each PubAck)
+under six setups, from the ceiling's (one subject, no headers, no consumer) to workhook's, and
+prints nats-server's CPU per message (utime + stime from /proc). A single Python publisher is
+slower than the ingress, so compare the rows with each other, not with scripts/bench.
+
+    python3 -m venv /tmp/pyn && /tmp/pyn/bin/pip install nats-py
+    /tmp/pyn/bin/python crates/bench/nats_cost.py        # N=40000 by default
+"""
+import asyncio, os, time, json, subprocess, shutil, tempfile
+import nats
+from nats.js.api import StreamConfig, ConsumerConfig, RetentionPolicy, StorageType, AckPolicy
+
+BIN = os.environ.get("NATS_SERVER_BIN", os.path.expanduser("~/.cache/workhook-venv/bin/nats-server"))
+N = int(os.environ.get("N", "40000"))
+HZ = os.sysconf("SC_CLK_TCK")
+
+def ticks(pid):
+    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
+    return int(f[11]) + int(f[12])
+
+REQ = json.dumps({"method": "POST", "query": "", "content_type": "application/json",
+                  "headers": {"user-agent": "GitHub-Hookshot/abc", "x-github-event": "push",
+                              "content-type": "application/json", "accept": "*/*",
+                              "x-github-hook-id": "123456", "content-length": "1024"}})
+
+async def run(name, retention, consumers, headers, unique, msgid):
+    d = tempfile.mkdtemp(prefix="nats-cost-")
+    p = subprocess.Popen([BIN, "-js", "-a", "127.0.0.1", "-p", "14888", "-sd", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await asyncio.sleep(1.0)
+    nc = await nats.connect("nats://127.0.0.1:14888")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="T", subjects=["wh.tasks.>"], retention=retention, storage=StorageType.FILE))
+    for c in consumers:
+        await js.add_consumer("T", ConsumerConfig(durable_name=c[0], filter_subject=c[1], ack_policy=AckPolicy.EXPLICIT, max_ack_pending=200000))
+    body = b"x" * 1024
+    proj, code = "p" * 24, "c" * 24
+    sem = asyncio.Semaphore(64)
+    async def one(i):
+        async with sem:
+            h = {}
+            if headers:
+                h["Workhook-Task"] = "1 %024x %s %s 1 1 3600 0 1764547200000 webhook 0 w default" % (i, proj, code)
+                h["Workhook-Request-Json"] = REQ
+            if msgid:
+                h["Nats-Msg-Id"] = "%024x" % i
+            subj = f"wh.tasks.p1.{proj}.{code}" + (f".{i:024x}" if unique else "")
+            await js.publish(subj, body, headers=h or None)
+    # warm-up
+    await asyncio.gather(*(one(10_000_000 + i) for i in range(2000)))
+    t0 = ticks(p.pid); w0 = time.time()
+    await asyncio.gather(*(one(i) for i in range(N)))
+    t1 = ticks(p.pid); w1 = time.time()
+    print(f"{name:55s} nats-server {1e6*(t1-t0)/HZ/N:5.1f} us/msg  ({N/(w1-w0):.0f} msg/s)", flush=True)
+    await nc.close()
+    p.terminate(); p.wait()
+    shutil.rmtree(d, ignore_errors=True)
+
+async def main():
+    runners = [("runners-p2", "wh.tasks.p2.>"), ("runners-p1", "wh.tasks.p1.>"), ("runners-p0", "wh.tasks.p0.>")]
+    rec_delayed = [("recorder", "wh.tasks.delayed.>")]
+    rec_all = [("recorder", "wh.tasks.>")]
+    L, I = RetentionPolicy.LIMITS, RetentionPolicy.INTEREST
+    for rep in range(2):
+        await run("A limits, no consumers, no headers, one subject", L, [], False, False, False)
+        await run("B + workhook headers", L, [], True, False, False)
+        await run("C + a subject per task", L, [], True, True, False)
+        await run("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, True, False)
+        await run("E  D + Nats-Msg-Id", I, runners + rec_delayed, True, True, True)
+        await run("F  before: per-code subject, recorder on all, msg id", I, runners + rec_all, True, False, True)
+
+asyncio.run(main())
