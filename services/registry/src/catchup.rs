@@ -18,7 +18,7 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
-use workhook_core::{stream::Layout, Envelope};
+use workhook_core::{ids, stream::Layout, Envelope};
 use workhook_proto as pb;
 
 use crate::store::{self, Queued};
@@ -206,8 +206,12 @@ impl CatchUp {
     }
 
     /// Looks for one task in the stream and records it if it is there. False when the stream
-    /// does not hold it (it does not exist, or it was recorded and then left the stream).
+    /// does not hold it (it does not exist, or it was recorded and then left the stream), or when
+    /// either id is not an id (so nothing a caller passes can widen the subject filter).
     pub async fn find_queued(&self, project_id: &str, task_id: &str) -> Result<bool, CatchUpError> {
+        if !ids::is_id(project_id) || !ids::is_id(task_id) {
+            return Ok(false);
+        }
         let subject = self.layout.task_lookup(project_id, task_id);
         let message = match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => m,

@@ -160,9 +160,6 @@ impl RegistryService {
     /// unrecorded. The caller looks again either way: a runner may have started the task (and
     /// recorded it) since the first lookup, and acked it out of the stream.
     async fn record_if_queued(&self, project_id: &str, task_id: &str) -> Result<(), Status> {
-        if !ids::is_id(project_id) || !ids::is_id(task_id) {
-            return Ok(());
-        }
         self.catchup
             .find_queued(project_id, task_id)
             .await
