@@ -2,7 +2,7 @@
 //! travels in the NATS message headers, so the payload is the message body, byte for byte, and
 //! the ingress never copies or re-encodes a webhook's body.
 
-use async_nats::HeaderMap;
+use async_nats::{header::HeaderName, HeaderMap};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::ids;
@@ -115,31 +115,35 @@ impl Envelope {
     /// that is set. A webhook's message so carries two or three headers, not fourteen, which
     /// the ingress builds, NATS stores and every consumer parses once per task.
     pub fn to_headers(&self) -> HeaderMap {
+        // A name made from a `&'static str` borrows it; one made from a `&str` is a copy.
+        const fn name(n: &'static str) -> HeaderName {
+            HeaderName::from_static(n)
+        }
         let mut h = HeaderMap::new();
-        h.insert(TASK, self.compact());
+        h.insert(name(TASK), self.compact());
         if let Some(label) = &self.label {
-            h.insert(LABEL, encode(label));
+            h.insert(name(LABEL), encode(label));
         }
         if let Some(id) = &self.retry_of {
-            h.insert(RETRY_OF, id.as_str());
+            h.insert(name(RETRY_OF), id.as_str());
         }
         if let Some(id) = &self.schedule_id {
-            h.insert(SCHEDULE_ID, id.as_str());
+            h.insert(name(SCHEDULE_ID), id.as_str());
         }
         if let Some(scheme) = &self.verified_by {
-            h.insert(VERIFIED_BY, encode(scheme));
+            h.insert(name(VERIFIED_BY), encode(scheme));
         }
         if let Some(request) = &self.request {
             // JSON as the ingress writes it is printable ASCII: it goes as it is. Anything
             // else is percent-encoded under the older header name.
             if request.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                h.insert(REQUEST_JSON, request.as_str());
+                h.insert(name(REQUEST_JSON), request.as_str());
             } else {
-                h.insert(REQUEST, encode(request));
+                h.insert(name(REQUEST), encode(request));
             }
         }
         if let Some(object) = &self.payload_ref {
-            h.insert(PAYLOAD_REF, object.as_str());
+            h.insert(name(PAYLOAD_REF), object.as_str());
         }
         h
     }

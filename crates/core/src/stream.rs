@@ -147,10 +147,21 @@ impl Layout {
         code_id: &str,
         task_id: &str,
     ) -> String {
-        format!(
-            "{}.tasks.p{priority}.{project_id}.{code_id}.{task_id}",
-            self.prefix
-        )
+        // By hand rather than with `format!`: this runs for every webhook.
+        let mut s = String::with_capacity(
+            self.prefix.len() + project_id.len() + code_id.len() + task_id.len() + 16,
+        );
+        s.push_str(&self.prefix);
+        s.push_str(".tasks.p");
+        match priority {
+            p @ 0..=9 => s.push(char::from(b'0' + p)),
+            p => s.push_str(&p.to_string()),
+        }
+        for part in [project_id, code_id, task_id] {
+            s.push('.');
+            s.push_str(part);
+        }
+        s
     }
 
     /// Where a delayed task waits to be recorded (no runner consumes it): the registry releases
@@ -313,6 +324,10 @@ mod tests {
         assert_eq!(l.priority_tasks(1), "wh-test_1.tasks.p1.>");
         assert_eq!(runner_consumer(2), "runners-p2");
         assert_eq!(l.task_subject(2, "p", "c", "t"), "wh-test_1.tasks.p2.p.c.t");
+        assert_eq!(
+            l.task_subject(12, "p", "c", "t"),
+            "wh-test_1.tasks.p12.p.c.t"
+        );
         assert_eq!(l.task_lookup("p", "t"), "wh-test_1.tasks.*.p.*.t");
         assert_eq!(l.delayed_tasks(), "wh-test_1.tasks.delayed.>");
         assert_eq!(l.cancel_subject("t"), "wh-test_1.control.cancel.t");

@@ -238,7 +238,7 @@ pub async fn webhook(
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Queued> {
     // With traces off, the span would only repeat what the few log lines of this path carry
     // themselves, at a cost on every webhook: it exists for traces.
     let span = if workhook_core::telemetry::tracing_enabled() {
@@ -291,7 +291,7 @@ async fn queue_webhook(
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Queued> {
     let q = query(q)?;
     let code_name = q
         .code_name
@@ -343,7 +343,28 @@ async fn queue_webhook(
     envelope.request = Some(worker_request(&method, &uri, &headers));
     tracing::Span::current().record("task_id", envelope.task_id.as_str());
     app.publish_large(&mut envelope, payload, id).await?;
-    Ok(Json(json!({ "id": envelope.task_id, "msg": "Queued up." })))
+    Ok(Queued(envelope.task_id))
+}
+
+/// A queued webhook's answer, `{"id": "<task id>", "msg": "Queued up."}`, written straight into
+/// its body (through a `serde_json::Value` it took a map and four strings per webhook).
+pub struct Queued(pub String);
+
+impl IntoResponse for Queued {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(48 + self.0.len());
+        body.extend_from_slice(b"{\"id\":");
+        json_string(&mut body, &self.0);
+        body.extend_from_slice(b",\"msg\":\"Queued up.\"}");
+        (
+            [(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    }
 }
 
 /// The headers senders use for the id of a delivery, in order of preference.
@@ -1102,6 +1123,21 @@ pub async fn method_not_allowed() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_queued_webhook_is_answered_with_its_id_as_json() {
+        let response = Queued("6b0e12840596c3c462a96548".into()).into_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            answer,
+            json!({ "id": "6b0e12840596c3c462a96548", "msg": "Queued up." })
+        );
+    }
 
     #[test]
     fn the_worker_sees_the_request_as_json_without_credentials() {

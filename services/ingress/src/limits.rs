@@ -70,7 +70,11 @@ impl RateLimiter {
             return Ok(());
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(project) {
+        // A project seen before is found by its `&str`; only a new one costs a `String`.
+        if let Some(bucket) = buckets.get_mut(project) {
+            return self.take(bucket, now);
+        }
+        if buckets.len() >= MAX_BUCKETS {
             let (rate, burst) = (self.rate, self.burst);
             // A bucket that has refilled completely holds no state worth keeping.
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
@@ -79,6 +83,11 @@ impl RateLimiter {
             tokens: self.burst,
             at: now,
         });
+        self.take(bucket, now)
+    }
+
+    /// Refills `bucket` for the time since it was last used, then takes a token from it.
+    fn take(&self, bucket: &mut Bucket, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.at = now;

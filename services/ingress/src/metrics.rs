@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use prometheus_client::{metrics::histogram::Histogram, registry::Registry};
+use prometheus_client::{
+    metrics::{counter::Counter, histogram::Histogram},
+    registry::Registry,
+};
 use workhook_core::metrics::{latency_histogram, CounterFamily};
 
 use crate::error::ApiError;
@@ -11,6 +14,8 @@ pub struct IngressMetrics {
     pub registry: Arc<Registry>,
     /// Webhooks by outcome: `accepted`, or the reason they were refused.
     pub webhooks: CounterFamily,
+    /// The `accepted` series of `webhooks`, looked up once: it counts every webhook queued.
+    accepted: Counter,
     /// Time from sending a task to JetStream to its PubAck.
     pub publish_seconds: Histogram,
 }
@@ -30,16 +35,23 @@ impl IngressMetrics {
             "Time from publishing a task to JetStream's acknowledgement",
             publish_seconds.clone(),
         );
+        let accepted = webhooks
+            .get_or_create(&vec![("outcome", "accepted".to_string())])
+            .clone();
         Self {
             registry: Arc::new(registry),
             webhooks,
+            accepted,
             publish_seconds,
         }
     }
 
     pub fn webhook(&self, outcome: Result<(), &ApiError>) {
         let reason = match outcome {
-            Ok(()) => "accepted",
+            Ok(()) => {
+                self.accepted.inc();
+                return;
+            }
             Err(ApiError::Unauthorized) => "unauthorized",
             Err(ApiError::NotFound(_)) => "not_found",
             Err(ApiError::BadRequest(_)) => "bad_request",

@@ -340,28 +340,21 @@ impl AppState {
         };
         let message = envelope.queue_message(payload, message_id, &tracing::Span::current());
         let started = std::time::Instant::now();
-        let acked = tokio::time::timeout(self.publish_timeout, async {
-            self.js.send_publish(subject, message).await?.await
-        })
-        .await;
+        // The JetStream context bounds both halves by the publish timeout (handing the message
+        // to the connection, and its PubAck): no timer of our own on top of those two.
+        let acked = async { self.js.send_publish(subject, message).await?.await }.await;
         self.metrics
             .publish_seconds
             .observe(started.elapsed().as_secs_f64());
         match acked {
-            Ok(Ok(_ack)) => Ok(()),
-            Ok(Err(e)) => {
+            Ok(_ack) => Ok(()),
+            Err(e) => {
                 tracing::warn!(error = %e, task_id = %envelope.task_id, "publish failed");
                 let msg = match e.kind() {
                     PublishErrorKind::TimedOut => "The queue did not answer in time; retry shortly",
                     _ => "The queue is unavailable; retry shortly",
                 };
                 Err(ApiError::Unavailable(msg.into()))
-            }
-            Err(_) => {
-                tracing::warn!(task_id = %envelope.task_id, "publish timed out");
-                Err(ApiError::Unavailable(
-                    "The queue did not answer in time; retry shortly".into(),
-                ))
             }
         }
     }
