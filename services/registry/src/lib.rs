@@ -188,14 +188,14 @@ pub async fn run(
         layout: layout.clone(),
         starts: {
             let pool = pool.clone();
-            Coalescer::spawn(move |calls| {
+            Coalescer::spawn(coalesce::BATCHES_IN_FLIGHT, move |calls| {
                 let pool = pool.clone();
                 async move { coalesce::start_batch(&pool, calls).await }
             })
         },
         completes: {
             let pool = pool.clone();
-            Coalescer::spawn(move |calls| {
+            Coalescer::spawn(coalesce::BATCHES_IN_FLIGHT, move |calls| {
                 let pool = pool.clone();
                 async move { coalesce::complete_batch(&pool, calls).await }
             })
