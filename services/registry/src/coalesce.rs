@@ -1,9 +1,10 @@
 //! Coalescing of the runners' hottest calls. Every task costs one StartTask and one FinishTask;
 //! made one at a time, each is its own transaction, round trips and commit (WAL flush) in
-//! Postgres. Calls that arrive while a batch is being written wait for it and then go together,
-//! as one call of a Postgres function (migration 0009) that updates each task by its key: one
-//! round trip and one commit for the batch. Under load the batches grow by themselves; a lone call
-//! goes at once, no linger, so an idle system answers as fast as before.
+//! Postgres. Calls that arrive while the batches in flight (at most [`BATCHES_IN_FLIGHT`]) are
+//! being written wait for one of them to end and then go together, as one call of a Postgres
+//! function (migration 0009) that updates each task by its key: one round trip and one commit
+//! for the batch. Under load the batches grow by themselves; a lone call goes at once, no
+//! linger, so an idle system answers as fast as before.
 //!
 //! A batch takes only the common case (a queued task that may start now, recorded or not, since
 //! queued tasks are recorded only when read; a running attempt that completed). Every other call,
