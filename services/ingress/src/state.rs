@@ -342,7 +342,10 @@ impl AppState {
         let started = std::time::Instant::now();
         // The JetStream context bounds both halves by the publish timeout (handing the message
         // to the connection, and its PubAck): no timer of our own on top of those two.
-        let acked = async { self.js.send_publish(subject, message).await?.await }.await;
+        let acked = match self.js.send_publish(subject, message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
         self.metrics
             .publish_seconds
             .observe(started.elapsed().as_secs_f64());
