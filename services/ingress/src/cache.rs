@@ -1,10 +1,14 @@
 //! A small TTL cache for token checks and code lookups, so the webhook hot path asks the
-//! registry only once per key and TTL. Bounded: when full, it is cleared rather than grown.
+//! registry only once per key and TTL. Bounded: when full, it is cleared rather than grown. And
+//! [`SingleFlight`], so the misses of one key at one moment make one registry call between them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 pub struct TtlCache<K, V> {
     ttl: Duration,
@@ -74,9 +78,80 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// Lookups of one key that miss at the same moment share one call: when a hot code's (or
+/// token's) entry expires under load, every request in flight misses it at once, and each would
+/// otherwise ask the registry for itself. The call runs on whichever of its waiters polls it; the
+/// last one to finish forgets it, so the next miss makes a new call.
+pub struct SingleFlight<K, V> {
+    calls: Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> {
+    pub fn new() -> Self {
+        Self {
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The answer of the call for `key` in flight, or of a new one that `start` makes.
+    pub async fn call<F>(&self, key: &K, start: impl FnOnce() -> F) -> V
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let call = {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            match calls.get(key) {
+                Some(call) => call.clone(),
+                None => {
+                    let call = start().boxed().shared();
+                    calls.insert(key.clone(), call.clone());
+                    call
+                }
+            }
+        };
+        let answer = call.clone().await;
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.get(key).is_some_and(|c| c.ptr_eq(&call)) {
+            calls.remove(key);
+        }
+        answer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn misses_at_the_same_moment_share_one_call_and_a_later_miss_makes_its_own() {
+        let flight = Arc::new(SingleFlight::<String, u32>::new());
+        let made = Arc::new(AtomicUsize::new(0));
+        let ask = |key: &'static str| {
+            let (flight, made) = (flight.clone(), made.clone());
+            tokio::spawn(async move {
+                flight
+                    .call(&key.to_string(), || async move {
+                        made.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        7
+                    })
+                    .await
+            })
+        };
+        let waiting: Vec<_> = (0..20).map(|_| ask("code")).collect();
+        let other = ask("other");
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), 7);
+        }
+        assert_eq!(other.await.unwrap(), 7);
+        // One call for the 20 misses of "code", one for "other".
+        assert_eq!(made.load(Ordering::SeqCst), 2);
+        assert!(flight.calls.lock().unwrap().is_empty());
+        assert_eq!(ask("code").await.unwrap(), 7);
+        assert_eq!(made.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn entries_expire_and_capacity_is_bounded() {

@@ -6,7 +6,7 @@ use axum::{
     Json,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("Unauthorized")]
     Unauthorized,

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use workhook_core::{stream::Layout, Envelope};
 use workhook_proto::{self as pb, registry_client::RegistryClient};
 
-use crate::cache::TtlCache;
+use crate::cache::{SingleFlight, TtlCache};
 use crate::error::{ApiError, ApiResult};
 use crate::verify::WebhookVerify;
 
@@ -66,6 +66,9 @@ pub struct AppState {
     tokens: TtlCache<(String, [u8; 32]), ()>,
     /// "project/name" -> the code's current revision.
     codes: TtlCache<String, Arc<CodeRef>>,
+    /// The token checks and code lookups on their way to the registry, by cache key.
+    token_checks: SingleFlight<(String, [u8; 32]), ApiResult<()>>,
+    code_lookups: SingleFlight<String, ApiResult<pb::Code>>,
     /// Permits for requests in flight (load shedding).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub request_timeout: Duration,
@@ -104,6 +107,8 @@ impl AppState {
             max_package_bytes: config.max_package_bytes,
             tokens: TtlCache::new(cache_ttl, 100_000),
             codes: TtlCache::new(cache_ttl, 100_000),
+            token_checks: SingleFlight::new(),
+            code_lookups: SingleFlight::new(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             metrics: crate::metrics::IngressMetrics::new(),
@@ -176,16 +181,24 @@ impl AppState {
             return Err(ApiError::Unauthorized);
         }
         let checked = self
-            .registry
-            .clone()
-            .authenticate(pb::AuthenticateRequest {
-                project_id: project_id.to_string(),
-                token: token.to_string(),
-                task_id: None,
-                code_name: code_name.map(str::to_string),
+            .token_checks
+            .call(&key, || {
+                let mut registry = self.registry.clone();
+                let request = pb::AuthenticateRequest {
+                    project_id: project_id.to_string(),
+                    token: token.to_string(),
+                    task_id: None,
+                    code_name: code_name.map(str::to_string),
+                };
+                async move {
+                    registry
+                        .authenticate(request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| ApiError::from_registry(s, "project"))
+                }
             })
-            .await
-            .map_err(|s| ApiError::from_registry(s, "project"));
+            .await;
         match checked {
             Ok(_) => {
                 self.tokens.insert(key, ());
@@ -238,16 +251,24 @@ impl AppState {
             return Ok(code);
         }
         let looked_up = self
-            .registry
-            .clone()
-            .get_code_by_name(pb::GetCodeByNameRequest {
-                project_id: project_id.to_string(),
-                name: name.to_string(),
+            .code_lookups
+            .call(&key, || {
+                let mut registry = self.registry.clone();
+                let request = pb::GetCodeByNameRequest {
+                    project_id: project_id.to_string(),
+                    name: name.to_string(),
+                };
+                async move {
+                    registry
+                        .get_code_by_name(request)
+                        .await
+                        .map(|code| code.into_inner())
+                        .map_err(|s| ApiError::from_registry(s, "Code"))
+                }
             })
-            .await
-            .map_err(|s| ApiError::from_registry(s, "Code"));
+            .await;
         let code = match looked_up {
-            Ok(code) => code.into_inner(),
+            Ok(code) => code,
             // The registry is away: the revision it named recently is still the one to run.
             Err(ApiError::Unavailable(msg)) => {
                 return self
