@@ -80,8 +80,10 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 
 /// Lookups of one key that miss at the same moment share one call: when a hot code's (or
 /// token's) entry expires under load, every request in flight misses it at once, and each would
-/// otherwise ask the registry for itself. The call runs on whichever of its waiters polls it; the
-/// last one to finish forgets it, so the next miss makes a new call.
+/// otherwise ask the registry for itself. The call runs on whichever of its waiters polls it. The
+/// first waiter to finish, or to be dropped (its client went away, its deadline passed), forgets
+/// it, so the next miss makes a new call and the map holds only calls that someone still awaits:
+/// a flood of requests with unknown tokens, each dropped mid-call, leaves nothing behind.
 pub struct SingleFlight<K, V> {
     calls: Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>,
 }
@@ -109,12 +111,28 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
                 }
             }
         };
-        let answer = call.clone().await;
+        let forget = Forget {
+            calls: &self.calls,
+            key,
+            call,
+        };
+        forget.call.clone().await
+    }
+}
+
+/// Removes its call from the map when dropped, if the map still holds that call.
+struct Forget<'a, K: Eq + Hash, V> {
+    calls: &'a Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>,
+    key: &'a K,
+    call: Shared<BoxFuture<'static, V>>,
+}
+
+impl<K: Eq + Hash, V> Drop for Forget<'_, K, V> {
+    fn drop(&mut self) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        if calls.get(key).is_some_and(|c| c.ptr_eq(&call)) {
-            calls.remove(key);
+        if calls.get(self.key).is_some_and(|c| c.ptr_eq(&self.call)) {
+            calls.remove(self.key);
         }
-        answer
     }
 }
 
@@ -151,6 +169,14 @@ mod tests {
         assert!(flight.calls.lock().unwrap().is_empty());
         assert_eq!(ask("code").await.unwrap(), 7);
         assert_eq!(made.load(Ordering::SeqCst), 3);
+
+        // A waiter dropped mid-call (its client went away) takes the call out with it.
+        let dropped = ask("gone");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(flight.calls.lock().unwrap().len(), 1);
+        dropped.abort();
+        assert!(dropped.await.unwrap_err().is_cancelled());
+        assert!(flight.calls.lock().unwrap().is_empty());
     }
 
     #[test]
