@@ -760,18 +760,26 @@ impl Stack {
     }
 
     pub async fn get(&self, project: &Project, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(&format!("/2/projects/{}{path}", project.id)))
-            .header("Authorization", format!("OAuth {}", project.token))
-            .send()
-            .await
-            .unwrap()
+        self.bodiless(reqwest::Method::GET, project, path).await
     }
 
     /// POSTs to a project's route with no body (cancel, pause and the like take none).
     pub async fn post_empty(&self, project: &Project, path: &str) -> reqwest::Response {
+        self.bodiless(reqwest::Method::POST, project, path).await
+    }
+
+    /// A request without a body to a project's route, with the project's token.
+    async fn bodiless(
+        &self,
+        method: reqwest::Method,
+        project: &Project,
+        path: &str,
+    ) -> reqwest::Response {
         self.client
-            .post(self.url(&format!("/2/projects/{}{path}", project.id)))
+            .request(
+                method,
+                self.url(&format!("/2/projects/{}{path}", project.id)),
+            )
             .header("Authorization", format!("OAuth {}", project.token))
             .send()
             .await
