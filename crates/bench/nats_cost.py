@@ -10,11 +10,11 @@ slower than the ingress, so compare the rows with each other, not with scripts/b
     /tmp/pyn/bin/python crates/bench/nats_cost.py        # N=40000 by default
     PREFILL=300000 /tmp/pyn/bin/python crates/bench/nats_cost.py
 
-PREFILL first stores that many messages of the same shape (published without waiting for
+ROWS picks the setups by key (default: all, "A B C D' D Dt Dh E Eh F"). PREFILL first stores that many messages of the same shape (published without waiting for
 PubAcks, not measured), as a burst leaves them queued: what nats-server keeps per subject grows
 with the number of distinct subjects stored, and so does its cost per message.
 """
-import asyncio, os, time, json, subprocess, shutil, tempfile
+import asyncio, os, time, json, subprocess, shutil, tempfile, hashlib
 import nats
 from nats.js.api import StreamConfig, ConsumerConfig, RetentionPolicy, StorageType, AckPolicy
 
@@ -50,10 +50,21 @@ async def run(name, retention, consumers, headers, unique, msgid):
             h["Workhook-Task"] = "1 %024x %s %s 1 1 3600 0 1764547200000 webhook 0 w default" % (i, proj, code)
             h["Workhook-Request-Json"] = REQ
         if msgid:
-            h["Nats-Msg-Id"] = "%024x" % i
+            h["Nats-Msg-Id"] = task_id(i)
         return h or None
+    def task_id(i):
+        # "seq": ids made one after the other share all but their last characters, as
+        # workhook's fresh ids do (ObjectId-like, since round 8); "hash": ids that share nothing,
+        # as a delivery id's hash does; "timed": seconds, then a random tail, as fresh ids were
+        # before round 8.
+        if unique == "timed":
+            # 4 bytes of seconds (about 20,000 tasks a second), then a random tail.
+            return "%08x" % (1764547200 + i // 20000) + hashlib.sha256(b"%d" % i).hexdigest()[:16]
+        if unique == "hash":
+            return hashlib.sha256(b"%d" % i).hexdigest()[:24]
+        return f"{i:024x}"
     def subject_of(i):
-        return f"wh.tasks.p1.{proj}.{code}" + (f".{i:024x}" if unique else "")
+        return f"wh.tasks.p1.{proj}.{code}" + (f".{task_id(i)}" if unique else "")
     async def one(i):
         async with sem:
             await js.publish(subject_of(i), body, headers=headers_of(i))
@@ -78,13 +89,21 @@ async def main():
     rec_delayed = [("recorder", "wh.tasks.delayed.>")]
     rec_all = [("recorder", "wh.tasks.>")]
     L, I = RetentionPolicy.LIMITS, RetentionPolicy.INTEREST
+    rows = {
+        "A": ("A limits, no consumers, no headers, one subject", L, [], False, False, False),
+        "B": ("B + workhook headers", L, [], True, False, False),
+        "C": ("C + a subject per task", L, [], True, "seq", False),
+        "D'": ("D' as D, but one subject (no subject per task)", I, runners + rec_delayed, True, False, False),
+        "D": ("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, "seq", False),
+        "Dt": ("Dt as D, ids of seconds and a random tail (before round 8)", I, runners + rec_delayed, True, "timed", False),
+        "Dh": ("Dh as D, task ids that share no prefix (hashes)", I, runners + rec_delayed, True, "hash", False),
+        "E": ("E  D + Nats-Msg-Id", I, runners + rec_delayed, True, "seq", True),
+        "Eh": ("Eh E with hashed ids (a delivery id's task)", I, runners + rec_delayed, True, "hash", True),
+        "F": ("F  before: per-code subject, recorder on all, msg id", I, runners + rec_all, True, False, True),
+    }
+    wanted = os.environ.get("ROWS", "A B C D' D Dt Dh E Eh F").split()
     for rep in range(2):
-        await run("A limits, no consumers, no headers, one subject", L, [], False, False, False)
-        await run("B + workhook headers", L, [], True, False, False)
-        await run("C + a subject per task", L, [], True, True, False)
-        await run("D' as D, but one subject (no subject per task)", I, runners + rec_delayed, True, False, False)
-        await run("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, True, False)
-        await run("E  D + Nats-Msg-Id", I, runners + rec_delayed, True, True, True)
-        await run("F  before: per-code subject, recorder on all, msg id", I, runners + rec_all, True, False, True)
+        for key in wanted:
+            await run(*rows[key])
 
 asyncio.run(main())

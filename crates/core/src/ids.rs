@@ -2,14 +2,35 @@
 //! official clients (which check the length) accept them. The first 4 bytes are the creation time
 //! in seconds, so ids sort by time and a recent id can be told from an old one.
 
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    OnceLock,
+};
+
 use sha2::{Digest, Sha256};
 
 /// Length of every id, in characters.
 pub const ID_LEN: usize = 24;
 
-/// A new time-ordered id: 4 bytes of Unix seconds, then 8 random bytes.
+/// A new time-ordered id, laid out as a MongoDB ObjectId: 4 bytes of Unix seconds, 5 random
+/// bytes drawn once per process, and a 3-byte counter that starts at a random value.
+///
+/// Ids made one after the other share all but their last few characters. A queued task's id is
+/// the last token of its subject, and nats-server keeps a tree of the subjects it holds: ids with
+/// a random tail spread every insert across that tree, which cost nats-server measurably more CPU
+/// per webhook than these do (docs/BENCHMARKS.md, round 8). They are unique, not secret: every
+/// read of a task is checked against its project's token.
 pub fn new_id() -> String {
-    id_at(unix_seconds(), rand::random::<[u8; 8]>())
+    static PROCESS: OnceLock<[u8; 5]> = OnceLock::new();
+    static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+    let process = PROCESS.get_or_init(rand::random);
+    let count = COUNTER
+        .get_or_init(|| AtomicU32::new(rand::random()))
+        .fetch_add(1, Ordering::Relaxed);
+    let mut tail = [0u8; 8];
+    tail[..5].copy_from_slice(process);
+    tail[5..].copy_from_slice(&count.to_be_bytes()[1..]);
+    id_at(unix_seconds(), tail)
 }
 
 /// A deterministic id for a dedup key (a provider's delivery id scoped to project and code): the
@@ -59,6 +80,15 @@ mod tests {
         let secs = id_seconds(&id).unwrap();
         assert!(secs.abs_diff(unix_seconds()) <= 1);
         assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn ids_made_in_a_row_differ_only_in_their_counter() {
+        let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        // The process's 5 bytes (characters 8..18) are the same in every id.
+        assert!(ids.iter().all(|id| id[8..18] == ids[0][8..18]));
     }
 
     #[test]
