@@ -48,7 +48,8 @@ async def run(name, retention, consumers, headers, unique, msgid):
         h = {}
         if headers:
             h["Workhook-Task"] = "1 %024x %s %s 1 1 3600 0 1764547200000 webhook 0 w default" % (i, proj, code)
-            h["Workhook-Request-Json"] = REQ
+            if headers != "task":
+                h["Workhook-Request-Json"] = REQ
         if msgid:
             h["Nats-Msg-Id"] = task_id(i)
         return h or None
@@ -92,6 +93,7 @@ async def main():
     rows = {
         "A": ("A limits, no consumers, no headers, one subject", L, [], False, False, False),
         "B": ("B + workhook headers", L, [], True, False, False),
+        "B1": ("B1 + the task header alone (no request JSON)", L, [], "task", False, False),
         "C": ("C + a subject per task", L, [], True, "seq", False),
         "D'": ("D' as D, but one subject (no subject per task)", I, runners + rec_delayed, True, False, False),
         "D": ("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, "seq", False),
