@@ -204,43 +204,49 @@ async fn e2e(args: E2e) -> anyhow::Result<()> {
     let fire_clock = Instant::now();
     let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let start = tokio::time::Instant::now();
-    let results: Vec<anyhow::Result<(String, f64)>> = futures_util::stream::iter(0..args.count)
-        .map(|i| {
-            let http = http.clone();
-            let hook = hook.clone();
-            let body = body.clone();
-            async move {
-                if let Some(pace) = pace {
-                    tokio::time::sleep_until(start + pace * i as u32).await;
+    // Each webhook's task id, when it was sent (Unix ms) and how long its answer took (ms).
+    let results: Vec<anyhow::Result<(String, f64, f64)>> =
+        futures_util::stream::iter(0..args.count)
+            .map(|i| {
+                let http = http.clone();
+                let hook = hook.clone();
+                let body = body.clone();
+                async move {
+                    if let Some(pace) = pace {
+                        tokio::time::sleep_until(start + pace * i as u32).await;
+                    }
+                    let sent = unix_ms_f64(SystemTime::now());
+                    let clock = Instant::now();
+                    let r = http
+                        .post(&hook)
+                        .header("Content-Type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    let status = r.status();
+                    if !status.is_success() {
+                        bail!(
+                            "webhook answered {status}: {}",
+                            r.text().await.unwrap_or_default()
+                        );
+                    }
+                    let id = r.json::<Queued>().await?.id;
+                    Ok((id, sent, clock.elapsed().as_secs_f64() * 1000.0))
                 }
-                let sent = unix_ms_f64(SystemTime::now());
-                let r = http
-                    .post(&hook)
-                    .header("Content-Type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
-                let status = r.status();
-                if !status.is_success() {
-                    bail!(
-                        "webhook answered {status}: {}",
-                        r.text().await.unwrap_or_default()
-                    );
-                }
-                Ok((r.json::<Queued>().await?.id, sent))
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(args.concurrency)
+            .collect()
+            .await;
     let fire_secs = fire_clock.elapsed().as_secs_f64();
     let mut sent: HashMap<String, f64> = HashMap::with_capacity(args.count);
+    let mut answer_ms = Vec::with_capacity(args.count);
     let mut failed = 0usize;
     let mut first_error = None;
     for r in results {
         match r {
-            Ok((id, at)) => {
+            Ok((id, at, took)) => {
                 sent.insert(id, at);
+                answer_ms.push(took);
             }
             Err(e) => {
                 failed += 1;
@@ -344,7 +350,7 @@ async fn e2e(args: E2e) -> anyhow::Result<()> {
         }
     }
     let complete = statuses.get("complete").copied().unwrap_or(0);
-    for v in [&mut to_start, &mut to_end, &mut run_ms] {
+    for v in [&mut to_start, &mut to_end, &mut run_ms, &mut answer_ms] {
         v.sort_by(|a, b| a.total_cmp(b));
     }
     let span_s = (last_end - first_sent) / 1000.0;
@@ -360,6 +366,12 @@ async fn e2e(args: E2e) -> anyhow::Result<()> {
     );
     println!(
         "e2e: {tasks_per_s:.0} completed tasks/s (first webhook sent -> last task's end_time)"
+    );
+    println!(
+        "e2e: webhook answered (200)  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        percentile(&answer_ms, 50.0),
+        percentile(&answer_ms, 99.0),
+        percentile(&answer_ms, 100.0)
     );
     println!(
         "e2e: webhook -> start_time  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
@@ -378,7 +390,8 @@ async fn e2e(args: E2e) -> anyhow::Result<()> {
     println!(
         "E2E tasks={accepted} complete={complete} failed_webhooks={failed} span_s={span_s:.3} tasks_per_s={tasks_per_s:.1} \
          fire_per_s={:.1} start_p50_ms={:.1} start_p90_ms={:.1} start_p99_ms={:.1} start_max_ms={:.1} \
-         end_p50_ms={:.1} end_p99_ms={:.1} run_p50_ms={:.1} run_p99_ms={:.1} first_start_after_ms={:.1}",
+         end_p50_ms={:.1} end_p99_ms={:.1} run_p50_ms={:.1} run_p99_ms={:.1} first_start_after_ms={:.1} \
+         answer_p50_ms={:.1} answer_p99_ms={:.1} answer_max_ms={:.1}",
         accepted as f64 / fire_secs,
         percentile(&to_start, 50.0),
         percentile(&to_start, 90.0),
@@ -389,6 +402,9 @@ async fn e2e(args: E2e) -> anyhow::Result<()> {
         percentile(&run_ms, 50.0),
         percentile(&run_ms, 99.0),
         first_start - first_sent,
+        percentile(&answer_ms, 50.0),
+        percentile(&answer_ms, 99.0),
+        percentile(&answer_ms, 100.0),
     );
     if complete != accepted || failed > 0 {
         bail!(
