@@ -15,11 +15,11 @@ pub const ID_LEN: usize = 24;
 /// A new time-ordered id, laid out as a MongoDB ObjectId: 4 bytes of Unix seconds, 5 random
 /// bytes drawn once per process, and a 3-byte counter that starts at a random value.
 ///
-/// Ids made one after the other share all but their last few characters. A queued task's id is
-/// the last token of its subject, and nats-server keeps a tree of the subjects it holds: ids with
-/// a random tail spread every insert across that tree, which cost nats-server measurably more CPU
-/// per webhook than these do (docs/BENCHMARKS.md, round 8). They are unique, not secret: every
-/// read of a task is checked against its project's token.
+/// Ids made one after the other share all but their last few characters, the counter's: those
+/// name a queued task's bucket (`stream::task_bucket`), so tasks made in a row spread over the
+/// buckets evenly. (When the whole id was the last token of a task's subject, ids with a random
+/// tail also cost nats-server more CPU per webhook than these: docs/BENCHMARKS.md, round 8.)
+/// They are unique, not secret: every read of a task is checked against its project's token.
 pub fn new_id() -> String {
     static PROCESS: OnceLock<[u8; 5]> = OnceLock::new();
     static COUNTER: OnceLock<AtomicU32> = OnceLock::new();

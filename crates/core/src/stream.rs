@@ -1,8 +1,12 @@
 //! The JetStream layout: one stream per installation, named from the prefix, holding every task
-//! under `<prefix>.tasks.p<priority>.<project>.<code>.<task>` (or `.tasks.delayed.` for one that
-//! waits). The task id at the end lets the registry find a queued task in the stream by its id
-//! alone. The prefix lets tests and several installations share one NATS server without seeing
-//! each other.
+//! under `<prefix>.tasks.p<priority>.<project>.<code>.<bucket>`, the bucket being the last
+//! [`TASK_BUCKET_CHARS`] characters of the task's id, or under
+//! `<prefix>.tasks.delayed.<project>.<code>.<task>` for one that waits. The bucket lets the
+//! registry find a queued task in the stream from its id alone, among the few that share its
+//! bucket, without a subject per task: nats-server keeps state for every distinct subject it
+//! stores, and a subject per task cost about a fifth of the ingress's throughput during a burst
+//! (docs/BENCHMARKS.md, round 9). The prefix lets tests and several installations share one NATS
+//! server without seeing each other.
 
 use std::time::Duration;
 
@@ -11,6 +15,18 @@ use async_nats::jetstream::{
     consumer::{pull, AckPolicy},
     stream,
 };
+
+/// How many characters at the end of a task's id name its subject's bucket: 4,096 buckets of
+/// hex digits. The ids made in a row differ in their last ones (a counter), and a delivery id's
+/// task id is a hash, so tasks spread evenly; a lookup reads the messages of one bucket of one
+/// project, about one in 4,096 of the project's queued tasks.
+pub const TASK_BUCKET_CHARS: usize = 3;
+
+/// The last token of a task's subject: the end of its id.
+pub fn task_bucket(task_id: &str) -> &str {
+    let start = task_id.len().saturating_sub(TASK_BUCKET_CHARS);
+    task_id.get(start..).unwrap_or(task_id)
+}
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish, by default.
 pub const DUPLICATE_WINDOW_SECS: u64 = 120;
@@ -139,7 +155,8 @@ impl Layout {
         format!("{}.tasks.>", self.prefix)
     }
 
-    /// The subject a task is published on.
+    /// The subject a task is published on: its priority's, project's and code's, and its
+    /// bucket ([`task_bucket`]).
     pub fn task_subject(
         &self,
         priority: u8,
@@ -157,7 +174,7 @@ impl Layout {
             p @ 0..=9 => s.push(char::from(b'0' + p)),
             p => s.push_str(&p.to_string()),
         }
-        for part in [project_id, code_id, task_id] {
+        for part in [project_id, code_id, task_bucket(task_id)] {
             s.push('.');
             s.push_str(part);
         }
@@ -178,9 +195,20 @@ impl Layout {
         format!("{}.tasks.delayed.>", self.prefix)
     }
 
-    /// The subject filter that finds one task of a project in the stream, whatever its priority
-    /// and code: `<prefix>.tasks.*.<project>.*.<task>`.
+    /// The subject filter of the tasks of a project that share a task's bucket, whatever their
+    /// priority and code: `<prefix>.tasks.*.<project>.*.<bucket>`. The task is among them if it
+    /// waits in the stream and is not delayed.
     pub fn task_lookup(&self, project_id: &str, task_id: &str) -> String {
+        format!(
+            "{}.tasks.*.{project_id}.*.{}",
+            self.prefix,
+            task_bucket(task_id)
+        )
+    }
+
+    /// The subject filter of a task published on a subject of its own: a delayed task, or one
+    /// queued by a version of workhook before the buckets (`<prefix>.tasks.*.<project>.*.<task>`).
+    pub fn own_subject_lookup(&self, project_id: &str, task_id: &str) -> String {
         format!("{}.tasks.*.{project_id}.*.{task_id}", self.prefix)
     }
 
@@ -323,12 +351,20 @@ mod tests {
         assert_eq!(l.all_tasks(), "wh-test_1.tasks.>");
         assert_eq!(l.priority_tasks(1), "wh-test_1.tasks.p1.>");
         assert_eq!(runner_consumer(2), "runners-p2");
-        assert_eq!(l.task_subject(2, "p", "c", "t"), "wh-test_1.tasks.p2.p.c.t");
+        let task = "6b158d44b99514aa49a1f287";
+        assert_eq!(
+            l.task_subject(2, "p", "c", task),
+            "wh-test_1.tasks.p2.p.c.287"
+        );
         assert_eq!(
             l.task_subject(12, "p", "c", "t"),
             "wh-test_1.tasks.p12.p.c.t"
         );
-        assert_eq!(l.task_lookup("p", "t"), "wh-test_1.tasks.*.p.*.t");
+        assert_eq!(l.task_lookup("p", task), "wh-test_1.tasks.*.p.*.287");
+        assert_eq!(
+            l.own_subject_lookup("p", task),
+            format!("wh-test_1.tasks.*.p.*.{task}")
+        );
         assert_eq!(l.delayed_tasks(), "wh-test_1.tasks.delayed.>");
         assert_eq!(l.cancel_subject("t"), "wh-test_1.control.cancel.t");
         assert_eq!(
@@ -336,6 +372,23 @@ mod tests {
             "wh-test_1.tasks.delayed.p.c.t"
         );
         assert_eq!(l.all_cancels(), "wh-test_1.control.cancel.*");
+    }
+
+    #[test]
+    fn tasks_spread_over_the_buckets() {
+        // Ids made in a row differ in their counter, the last characters: 4,096 of them take
+        // every bucket once (fewer if another test makes ids meanwhile, as under `cargo test`).
+        let made: Vec<String> = (0..4096).map(|_| crate::ids::new_id()).collect();
+        let buckets: std::collections::HashSet<&str> =
+            made.iter().map(|id| task_bucket(id)).collect();
+        assert!(buckets.len() > 4000, "{}", buckets.len());
+        // A delivery id's task id is a hash.
+        let hashed: std::collections::HashSet<String> = (0..4096)
+            .map(|i| task_bucket(&crate::ids::id_for_key(&i.to_string())).to_string())
+            .collect();
+        assert!(hashed.len() > 2000, "{}", hashed.len());
+        assert!(hashed.iter().all(|b| b.len() == TASK_BUCKET_CHARS));
+        assert_eq!(task_bucket("ab"), "ab");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A queued task is not written to Postgres when it is published: at the publish rate that write
 //! was most of what a webhook cost (see docs/BENCHMARKS.md). Until something reads it, the stream
 //! alone holds it. A runner's StartTask records it from the call; a lookup by id finds it in the
-//! stream by its subject and records that one task (`find_queued`); a call over many tasks
+//! stream among the messages of its bucket and records that one task (`find_queued`); a call
+//! over many tasks
 //! (a list, the stats, cancel-all) first runs a catch-up, which records every task published
 //! since the last one, from a short-lived consumer that starts where the last catch-up stopped
 //! (`stream_recorded`, migration 0010). A task that left the stream meanwhile was acked by a
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
-    stream::{LastRawMessageErrorKind, Stream},
+    message::StreamMessage,
+    stream::{LastRawMessageErrorKind, RawMessageErrorKind, Stream},
 };
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -208,31 +210,61 @@ impl CatchUp {
     /// Looks for one task in the stream and records it if it is there. False when the stream
     /// does not hold it (it does not exist, or it was recorded and then left the stream), or when
     /// either id is not an id (so nothing a caller passes can widen the subject filter).
+    ///
+    /// The task's subject is its bucket's (`Layout::task_lookup`): the messages on it are read
+    /// in order until the task's. A delayed task, or one queued before the buckets, has a
+    /// subject of its own, looked up last.
     pub async fn find_queued(&self, project_id: &str, task_id: &str) -> Result<bool, CatchUpError> {
         if !ids::is_id(project_id) || !ids::is_id(task_id) {
             return Ok(false);
         }
-        let subject = self.layout.task_lookup(project_id, task_id);
-        let message = match self.stream.get_last_raw_message_by_subject(&subject).await {
+        let bucket = self.layout.task_lookup(project_id, task_id);
+        let mut from = 0;
+        loop {
+            let message = match self
+                .stream
+                .get_first_raw_message_by_subject(&bucket, from)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(nats(e)),
+            };
+            from = message.sequence + 1;
+            if let Some(envelope) = self.envelope_of(&message, task_id) {
+                return self.record_one(&envelope, &message.payload).await;
+            }
+        }
+        let own = self.layout.own_subject_lookup(project_id, task_id);
+        let message = match self.stream.get_last_raw_message_by_subject(&own).await {
             Ok(m) => m,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
             Err(e) => return Err(nats(e)),
         };
-        let envelope = match Envelope::from_headers(Some(&message.headers)) {
-            Ok(e) => pb::Envelope::from(&e),
+        match self.envelope_of(&message, task_id) {
+            Some(envelope) => self.record_one(&envelope, &message.payload).await,
+            None => Ok(false),
+        }
+    }
+
+    /// The envelope of a stored message if it is `task_id`'s.
+    fn envelope_of(&self, message: &StreamMessage, task_id: &str) -> Option<pb::Envelope> {
+        match Envelope::from_headers(Some(&message.headers)) {
+            Ok(e) if e.task_id == task_id => Some(pb::Envelope::from(&e)),
+            Ok(_) => None,
             Err(e) => {
-                tracing::warn!(error = %e, %task_id, "unreadable task message; not recorded");
-                return Ok(false);
+                tracing::warn!(error = %e, seq = message.sequence, "unreadable task message; not recorded");
+                None
             }
-        };
-        let recorded = store::record_queued(
-            &self.pool,
-            &[Queued {
-                envelope: &envelope,
-                payload: &message.payload,
-            }],
-        )
-        .await?;
+        }
+    }
+
+    async fn record_one(
+        &self,
+        envelope: &pb::Envelope,
+        payload: &[u8],
+    ) -> Result<bool, CatchUpError> {
+        let recorded = store::record_queued(&self.pool, &[Queued { envelope, payload }]).await?;
         self.recorded.inc_by(recorded);
         Ok(true)
     }

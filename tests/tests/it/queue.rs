@@ -211,7 +211,9 @@ async fn only_a_task_with_a_delivery_id_carries_a_nats_msg_id() {
             .expect("the task's message")
             .unwrap();
         assert!(
-            message.subject.ends_with(&format!(".{id}")),
+            message
+                .subject
+                .ends_with(&format!(".{}", workhook_core::stream::task_bucket(id))),
             "{}",
             message.subject
         );
@@ -249,4 +251,66 @@ async fn a_backlog_of_several_catch_up_batches_is_recorded_in_full() {
     let stats: Value = r.json().await.unwrap();
     assert_eq!(stats["queued"], QUEUED, "{stats}");
     assert_eq!(rows(&stack).await, QUEUED as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_finds_a_queued_task_among_those_of_its_bucket_and_on_a_subject_of_its_own() {
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("buckets").await;
+    stack.upload_script(&p, "w", "true").await;
+    let first = accepted_id(stack.webhook(&p, "w", "first").await).await;
+
+    // Copies of its message under other ids: one in its bucket, after it, and one on a subject
+    // of its own, as workhook published every task before the buckets.
+    let layout = workhook_core::stream::Layout::new(&stack.prefix).unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let stream = js.get_stream(layout.stream()).await.unwrap();
+    let stored = stream
+        .get_first_raw_message_by_subject(layout.all_tasks(), 0)
+        .await
+        .unwrap();
+    let bucket = workhook_core::stream::task_bucket(&first);
+    assert!(
+        stored.subject.ends_with(&format!(".{bucket}")),
+        "{}",
+        stored.subject
+    );
+    let envelope = workhook_core::Envelope::from_headers(Some(&stored.headers)).unwrap();
+    assert_eq!(envelope.task_id, first);
+    let sibling = format!("{}{bucket}", "0".repeat(24 - bucket.len()));
+    let own = "00000000000000000000abcd".to_string();
+    let own_subject = format!(
+        "{}.tasks.p1.{}.{}.{own}",
+        stack.prefix, p.id, envelope.code_id
+    );
+    for (id, subject) in [(&sibling, stored.subject.to_string()), (&own, own_subject)] {
+        let copy = workhook_core::Envelope {
+            task_id: id.clone(),
+            ..envelope.clone()
+        };
+        js.publish_with_headers(subject, copy.to_headers(), stored.payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    for id in [&sibling, &own] {
+        let task = stack.task(&p, id).await;
+        assert_eq!(task["id"], id.as_str(), "{task}");
+        assert_eq!(task["status"], "queued", "{task}");
+        assert_eq!(task["code_name"], "w", "{task}");
+    }
+    assert_eq!(rows(&stack).await, 2, "each lookup records its own task");
+    let never = format!("{}{bucket}", "1".repeat(24 - bucket.len()));
+    assert_eq!(
+        stack.get(&p, &format!("/tasks/{never}")).await.status(),
+        404,
+        "an id of the bucket that was never queued"
+    );
+    assert_eq!(stack.task(&p, &first).await["status"], "queued");
 }

@@ -70,7 +70,7 @@ async fn watch_task_messages(stack: &Stack) -> async_nats::Subscriber {
 
 /// What identifies a task message.
 enum Find<'a> {
-    /// The task's own message: its subject ends in the task id.
+    /// The task's own message: its envelope names the task.
     Task(&'a str),
     /// The message whose header `.0` is `.1`.
     Header(&'a str, &'a str),
@@ -86,8 +86,10 @@ async fn message_headers(
             .await
             .unwrap_or_else(|_| panic!("no task message for the task"))
             .unwrap();
-        let task_id = message.subject.rsplit('.').next().unwrap().to_string();
         let headers = message.headers.unwrap_or_default();
+        let task_id = workhook_core::Envelope::from_headers(Some(&headers))
+            .expect("a task message carries its envelope")
+            .task_id;
         let found = match find {
             Find::Task(id) => task_id == id,
             Find::Header(name, value) => headers.get(name).is_some_and(|v| v.as_str() == value),
