@@ -10,7 +10,7 @@ slower than the ingress, so compare the rows with each other, not with scripts/b
     /tmp/pyn/bin/python crates/bench/nats_cost.py        # N=40000 by default
     PREFILL=300000 /tmp/pyn/bin/python crates/bench/nats_cost.py
 
-ROWS picks the setups by key (default: all, "A B C D' D Dt Dh E Eh F"). PREFILL first stores that many messages of the same shape (published without waiting for
+ROWS picks the setups by key (default: all, "A B C D' Db D Dt Dh E Eh F"). PREFILL first stores that many messages of the same shape (published without waiting for
 PubAcks, not measured), as a burst leaves them queued: what nats-server keeps per subject grows
 with the number of distinct subjects stored, and so does its cost per message.
 """
@@ -65,6 +65,9 @@ async def run(name, retention, consumers, headers, unique, msgid):
             return hashlib.sha256(b"%d" % i).hexdigest()[:24]
         return f"{i:024x}"
     def subject_of(i):
+        if unique == "bucket":
+            # workhook's subjects since round 9: the id's last 3 hex characters (4,096 buckets).
+            return f"wh.tasks.p1.{proj}.{code}.{task_id(i)[-3:]}"
         return f"wh.tasks.p1.{proj}.{code}" + (f".{task_id(i)}" if unique else "")
     async def one(i):
         async with sem:
@@ -97,13 +100,14 @@ async def main():
         "C": ("C + a subject per task", L, [], True, "seq", False),
         "D'": ("D' as D, but one subject (no subject per task)", I, runners + rec_delayed, True, False, False),
         "D": ("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, "seq", False),
+        "Db": ("Db as D, the subject ends in the id's last 3 characters", I, runners + rec_delayed, True, "bucket", False),
         "Dt": ("Dt as D, ids of seconds and a random tail (before round 8)", I, runners + rec_delayed, True, "timed", False),
         "Dh": ("Dh as D, task ids that share no prefix (hashes)", I, runners + rec_delayed, True, "hash", False),
         "E": ("E  D + Nats-Msg-Id", I, runners + rec_delayed, True, "seq", True),
         "Eh": ("Eh E with hashed ids (a delivery id's task)", I, runners + rec_delayed, True, "hash", True),
         "F": ("F  before: per-code subject, recorder on all, msg id", I, runners + rec_all, True, False, True),
     }
-    wanted = os.environ.get("ROWS", "A B C D' D Dt Dh E Eh F").split()
+    wanted = os.environ.get("ROWS", "A B C D' Db D Dt Dh E Eh F").split()
     for rep in range(2):
         for key in wanted:
             await run(*rows[key])
