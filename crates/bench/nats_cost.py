@@ -68,6 +68,8 @@ async def run(name, retention, consumers, headers, unique, msgid):
         if unique == "bucket":
             # workhook's subjects since round 9: the id's last 3 hex characters (4,096 buckets).
             return f"wh.tasks.p1.{proj}.{code}.{task_id(i)[-3:]}"
+        if unique == "bucket2":
+            return f"wh.tasks.p1.{proj}.{code}.{task_id(i)[-2:]}"
         return f"wh.tasks.p1.{proj}.{code}" + (f".{task_id(i)}" if unique else "")
     async def one(i):
         async with sem:
@@ -101,6 +103,7 @@ async def main():
         "D'": ("D' as D, but one subject (no subject per task)", I, runners + rec_delayed, True, False, False),
         "D": ("D + interest, 3 runner consumers + recorder(delayed)", I, runners + rec_delayed, True, "seq", False),
         "Db": ("Db as D, the subject ends in the id's last 3 characters", I, runners + rec_delayed, True, "bucket", False),
+        "Db2": ("Db2 as Db, the last 2 characters (256 buckets)", I, runners + rec_delayed, True, "bucket2", False),
         "Dt": ("Dt as D, ids of seconds and a random tail (before round 8)", I, runners + rec_delayed, True, "timed", False),
         "Dh": ("Dh as D, task ids that share no prefix (hashes)", I, runners + rec_delayed, True, "hash", False),
         "E": ("E  D + Nats-Msg-Id", I, runners + rec_delayed, True, "seq", True),
