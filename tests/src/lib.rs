@@ -415,8 +415,6 @@ pub struct StackOptions {
     pub max_in_flight: usize,
     pub request_timeout_ms: u64,
     pub rate_limit: f64,
-    /// The registry's WORKHOOK_LOOKUP_CATCH_UP_WAIT_MS (0: a lookup searches the stream at once).
-    pub lookup_catch_up_wait_ms: u64,
 }
 
 impl Default for StackOptions {
@@ -432,7 +430,6 @@ impl Default for StackOptions {
             max_in_flight: 4096,
             request_timeout_ms: 2_500,
             rate_limit: 0.0,
-            lookup_catch_up_wait_ms: 250,
         }
     }
 }
@@ -494,7 +491,6 @@ impl Stack {
             log_max_bytes: options.log_max_bytes,
             max_package_bytes: 64 * 1024 * 1024,
             db_max_connections: 8,
-            lookup_catch_up_wait_ms: options.lookup_catch_up_wait_ms,
             recorder_batch: 500,
         };
         let (registry_admin, registry_admin_url) = admin_listener().await;

@@ -39,12 +39,6 @@ pub struct Config {
     #[arg(long, env = "WORKHOOK_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// How long a lookup of one task that Postgres does not hold waits for a catch-up (which
-    /// records every queued task published so far) before it searches the stream for that task
-    /// alone, in milliseconds. 0: no catch-up, the search at once.
-    #[arg(long, env = "WORKHOOK_LOOKUP_CATCH_UP_WAIT_MS", default_value_t = 250)]
-    pub lookup_catch_up_wait_ms: u64,
-
     /// Most queued tasks the recorder writes in one INSERT.
     #[arg(long, env = "WORKHOOK_RECORDER_BATCH", default_value_t = 500)]
     pub recorder_batch: usize,

@@ -183,7 +183,6 @@ pub async fn run(
         log_max_bytes: config.log_max_bytes,
         max_package_bytes: config.max_package_bytes,
         catchup: catchup.clone(),
-        lookup_catch_up_wait: Duration::from_millis(config.lookup_catch_up_wait_ms),
         nats: nats.clone(),
         js: js.clone(),
         layout: layout.clone(),

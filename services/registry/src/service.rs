@@ -30,9 +30,6 @@ pub struct RegistryService {
     pub max_package_bytes: usize,
     /// Records the queued tasks that wait in the stream, when a call reads them.
     pub catchup: Arc<CatchUp>,
-    /// How long a lookup of one task that Postgres does not hold waits for a catch-up before it
-    /// searches the stream for that task alone; zero: no catch-up.
-    pub lookup_catch_up_wait: Duration,
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub layout: workhook_core::stream::Layout,
@@ -112,28 +109,13 @@ impl RegistryService {
     /// long catch-up (a large backlog nobody read) only delays the answer, never fails it, and
     /// goes on after it.
     async fn catch_up(&self) {
-        self.catch_up_within(LIST_CATCH_UP_WAIT).await;
-    }
-
-    /// Runs a catch-up and waits for it at most `wait`; true if it recorded everything the
-    /// stream held when it started.
-    async fn catch_up_within(&self, wait: Duration) -> bool {
         let catchup = self.catchup.clone();
         let run = tokio::spawn(async move { catchup.run().await });
-        match tokio::time::timeout(wait, run).await {
-            Ok(Ok(Ok(_))) => true,
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "catching up with the queue failed");
-                false
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "catching up with the queue failed");
-                false
-            }
-            Err(_) => {
-                tracing::info!("the catch-up with the queue goes on after this call");
-                false
-            }
+        match tokio::time::timeout(LIST_CATCH_UP_WAIT, run).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "catching up with the queue failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "catching up with the queue failed"),
+            Err(_) => tracing::info!("the catch-up with the queue goes on after this call"),
         }
     }
 
@@ -177,19 +159,7 @@ impl RegistryService {
     /// After a lookup in Postgres missed: records the task from the stream if it waits there
     /// unrecorded. The caller looks again either way: a runner may have started the task (and
     /// recorded it) since the first lookup, and acked it out of the stream.
-    ///
-    /// A catch-up first: it records every task published so far, in one pass over what is new
-    /// since the last one, so the clients that look up their tasks during a burst share one
-    /// pass rather than each paying for a search of the stream (nats-server reads every message
-    /// after the first of the task's bucket to find it). When the catch-up cannot finish within
-    /// `lookup_catch_up_wait` (a large unread backlog; it goes on), the task is searched for
-    /// among the messages of its bucket (`CatchUp::find_queued`).
     async fn record_if_queued(&self, project_id: &str, task_id: &str) -> Result<(), Status> {
-        if !self.lookup_catch_up_wait.is_zero()
-            && self.catch_up_within(self.lookup_catch_up_wait).await
-        {
-            return Ok(());
-        }
         self.catchup
             .find_queued(project_id, task_id)
             .await
