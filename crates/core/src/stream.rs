@@ -2,11 +2,11 @@
 //! under `<prefix>.tasks.p<priority>.<project>.<code>.<bucket>`, the bucket being the last
 //! [`TASK_BUCKET_CHARS`] characters of the task's id, or under
 //! `<prefix>.tasks.delayed.<project>.<code>.<task>` for one that waits. The bucket lets the
-//! registry find a queued task in the stream from its id alone, among the few that share its
+//! registry find a queued task in the stream from its id alone, among those that share its
 //! bucket, without a subject per task: nats-server keeps state for every distinct subject it
-//! stores, and a subject per task cost about a fifth of the ingress's throughput during a burst
-//! (docs/BENCHMARKS.md, round 9). The prefix lets tests and several installations share one NATS
-//! server without seeing each other.
+//! stores, and a subject per task cost the ingress about 6 points of the ceiling on average and
+//! nats-server about 40% more memory during a burst (docs/BENCHMARKS.md, round 9). The prefix
+//! lets tests and several installations share one NATS server without seeing each other.
 
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use async_nats::jetstream::{
 
 /// How many characters at the end of a task's id name its subject's bucket: 4,096 buckets of
 /// hex digits. The ids made in a row differ in their last ones (a counter), and a delivery id's
-/// task id is a hash, so tasks spread evenly; a lookup reads the messages of one bucket of one
-/// project, about one in 4,096 of the project's queued tasks.
+/// task id is a hash, so tasks spread evenly. A lookup reads the messages of one bucket of one
+/// project, about one in 4,096 of the stream's; nats-server's cost for it still grows with the
+/// whole stream (0.8-2.1 s behind 1.2-1.5 million queued tasks, docs/BENCHMARKS.md, round 9).
 pub const TASK_BUCKET_CHARS: usize = 3;
 
 /// The last token of a task's subject: the end of its id.
