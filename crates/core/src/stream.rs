@@ -20,7 +20,7 @@ use async_nats::jetstream::{
 /// hex digits. The ids made in a row differ in their last ones (a counter), and a delivery id's
 /// task id is a hash, so tasks spread evenly. A lookup reads the messages of one bucket of one
 /// project, about one in 4,096 of the stream's; nats-server's cost for it still grows with the
-/// whole stream (0.8-2.1 s behind 1.2-1.5 million queued tasks, docs/BENCHMARKS.md, round 9).
+/// whole stream (0.8-2.4 s behind 1.2-1.5 million queued tasks, docs/BENCHMARKS.md, round 9).
 pub const TASK_BUCKET_CHARS: usize = 3;
 
 /// The last token of a task's subject: the end of its id.
