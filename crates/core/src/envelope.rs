@@ -69,6 +69,10 @@ impl Source {
 /// A queued task, as the ingress publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// Empty, as the ingress publishes a task that does not wait, until JetStream stores it:
+    /// such a task is named by its stream sequence ([`ids::for_sequence`]), which its message's
+    /// header carries as `-` and [`Envelope::from_message`] fills in. Every other task (one with
+    /// a delivery id, a delayed one, one queued by the registry) carries its id.
     pub task_id: String,
     pub project_id: String,
     pub code_id: String,
@@ -169,7 +173,8 @@ impl Envelope {
         }
     }
 
-    /// The [`TASK`] header's value: `1` (the format), then the task, project and code ids, the
+    /// The [`TASK`] header's value: `1` (the format), then the task id (`-` for one named by its
+    /// stream sequence), the project and code ids, the
     /// revision, priority, timeout, delay, received_at, source and retry count, then the code
     /// name and the cluster percent-encoded, separated by single spaces.
     fn compact(&self) -> String {
@@ -178,7 +183,11 @@ impl Envelope {
         let _ = write!(
             v,
             "1 {} {} {} {} {} {} {} {} {} {} {} {}",
-            self.task_id,
+            if self.task_id.is_empty() {
+                "-"
+            } else {
+                &self.task_id
+            },
             self.project_id,
             self.code_id,
             self.code_rev,
@@ -194,10 +203,14 @@ impl Envelope {
         v
     }
 
-    /// Reads an envelope back from a message's headers: the compact form of
-    /// [`Envelope::to_headers`], or the one-header-per-field form that earlier versions
-    /// published (messages of those may still be in a stream during an upgrade).
-    pub fn from_headers(h: Option<&HeaderMap>) -> Result<Self, EnvelopeError> {
+    /// Reads an envelope back from the headers of the message JetStream stored at
+    /// `stream_sequence`: the compact form of [`Envelope::to_headers`], or the
+    /// one-header-per-field form that earlier versions published (messages of those may still be
+    /// in a stream during an upgrade). A task named by its sequence gets its id here.
+    pub fn from_message(
+        h: Option<&HeaderMap>,
+        stream_sequence: u64,
+    ) -> Result<Self, EnvelopeError> {
         let h = h.ok_or(EnvelopeError::NoHeaders)?;
         // One pass over the headers: a `HeaderMap::get` by name copies the name and hashes it,
         // and this runs for every message the recorder and the runners read.
@@ -217,7 +230,7 @@ impl Envelope {
             *slot = values.first().map(|v| v.as_str());
         }
         let mut envelope = match f.task {
-            Some(v) => Self::from_compact(v)?,
+            Some(v) => Self::from_compact(v, stream_sequence)?,
             None => Self::from_field_headers(h)?,
         };
         let id = |v: Option<&str>, name: &'static str| -> Result<Option<String>, EnvelopeError> {
@@ -242,7 +255,7 @@ impl Envelope {
         Ok(envelope)
     }
 
-    fn from_compact(v: &str) -> Result<Self, EnvelopeError> {
+    fn from_compact(v: &str, stream_sequence: u64) -> Result<Self, EnvelopeError> {
         let bad = EnvelopeError::Malformed(TASK);
         let mut fields = v.split(' ');
         let mut next = || fields.next().ok_or(EnvelopeError::Malformed(TASK));
@@ -259,8 +272,12 @@ impl Envelope {
         fn num<T: std::str::FromStr>(v: &str) -> Result<T, EnvelopeError> {
             v.parse().map_err(|_| EnvelopeError::Malformed(TASK))
         }
-        let envelope = Envelope {
-            task_id: id(next()?)?,
+        let task_id = match next()? {
+            "-" => String::new(),
+            v => id(v)?,
+        };
+        let mut envelope = Envelope {
+            task_id,
             project_id: id(next()?)?,
             code_id: id(next()?)?,
             code_rev: num(next()?)?,
@@ -281,6 +298,13 @@ impl Envelope {
         };
         if fields.next().is_some() || envelope.priority > 2 {
             return Err(bad);
+        }
+        if envelope.task_id.is_empty() {
+            // 0 is no message's sequence: the caller could not tell where it was stored.
+            if stream_sequence == 0 {
+                return Err(bad);
+            }
+            envelope.task_id = ids::for_sequence(envelope.received_at, stream_sequence);
         }
         Ok(envelope)
     }
@@ -338,7 +362,7 @@ impl Envelope {
     }
 }
 
-/// The first value of each header [`Envelope::from_headers`] reads besides the required fields
+/// The first value of each header [`Envelope::from_message`] reads besides the required fields
 /// of the older one-header-per-field form.
 #[derive(Default)]
 struct OptionalHeaders<'a> {
@@ -444,11 +468,39 @@ mod tests {
                 assert!(!v.as_str().contains(['\r', '\n']), "{v:?}");
             }
         }
-        assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), e);
+        assert_eq!(Envelope::from_message(Some(&h), 7).unwrap(), e);
         let bare = without_options(&e);
         let h = bare.to_headers();
         assert_eq!(h.iter().count(), 1, "only the compact header: {h:?}");
-        assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), bare);
+        assert_eq!(Envelope::from_message(Some(&h), 7).unwrap(), bare);
+    }
+
+    #[test]
+    fn a_task_named_by_its_sequence_gets_its_id_from_the_message() {
+        let e = Envelope {
+            task_id: String::new(),
+            ..sample()
+        };
+        let h = e.to_headers();
+        assert!(h.get(TASK).unwrap().as_str().starts_with("1 - "));
+        let read = Envelope::from_message(Some(&h), 42).unwrap();
+        assert_eq!(read.task_id, ids::for_sequence(e.received_at, 42));
+        assert_eq!(ids::sequence_of(&read.task_id), Some((1_700_000_000, 42)));
+        assert_eq!(
+            Envelope {
+                task_id: String::new(),
+                ..read
+            },
+            e
+        );
+        assert_eq!(
+            Envelope::from_message(Some(&h), 0),
+            Err(EnvelopeError::Malformed(TASK))
+        );
+        // A task that carries its id keeps it, wherever it is stored.
+        let named = sample();
+        let read = Envelope::from_message(Some(&named.to_headers()), 42).unwrap();
+        assert_eq!(read.task_id, named.task_id);
     }
 
     #[test]
@@ -462,23 +514,29 @@ mod tests {
             e.request.as_deref()
         );
         assert!(h.get(REQUEST).is_none());
-        assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), e);
+        assert_eq!(Envelope::from_message(Some(&h), 7).unwrap(), e);
     }
 
     #[test]
     fn reads_the_one_header_per_field_form_of_earlier_versions() {
         let e = sample();
-        assert_eq!(Envelope::from_headers(Some(&field_headers(&e))).unwrap(), e);
+        assert_eq!(
+            Envelope::from_message(Some(&field_headers(&e)), 7).unwrap(),
+            e
+        );
         let bare = without_options(&e);
         assert_eq!(
-            Envelope::from_headers(Some(&field_headers(&bare))).unwrap(),
+            Envelope::from_message(Some(&field_headers(&bare)), 7).unwrap(),
             bare
         );
     }
 
     #[test]
     fn refuses_what_it_cannot_trust() {
-        assert_eq!(Envelope::from_headers(None), Err(EnvelopeError::NoHeaders));
+        assert_eq!(
+            Envelope::from_message(None, 7),
+            Err(EnvelopeError::NoHeaders)
+        );
         let e = sample();
         let compact = e.compact();
         let tampered = [
@@ -493,7 +551,7 @@ mod tests {
             let mut h = e.to_headers();
             h.insert(TASK, value.as_str());
             assert_eq!(
-                Envelope::from_headers(Some(&h)),
+                Envelope::from_message(Some(&h), 7),
                 Err(EnvelopeError::Malformed(TASK)),
                 "{value}"
             );
@@ -501,19 +559,19 @@ mod tests {
         let mut h = field_headers(&e);
         h.insert(PRIORITY, "7");
         assert_eq!(
-            Envelope::from_headers(Some(&h)),
+            Envelope::from_message(Some(&h), 7),
             Err(EnvelopeError::Malformed(PRIORITY))
         );
         let mut h = field_headers(&e);
         h.insert(TASK_ID, "../../etc");
         assert_eq!(
-            Envelope::from_headers(Some(&h)),
+            Envelope::from_message(Some(&h), 7),
             Err(EnvelopeError::Malformed(TASK_ID))
         );
         let mut h = e.to_headers();
         h.insert(RETRY_OF, "../x");
         assert_eq!(
-            Envelope::from_headers(Some(&h)),
+            Envelope::from_message(Some(&h), 7),
             Err(EnvelopeError::Malformed(RETRY_OF))
         );
     }

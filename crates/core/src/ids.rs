@@ -13,17 +13,17 @@ use sha2::{Digest, Sha256};
 pub const ID_LEN: usize = 24;
 
 /// A new time-ordered id, laid out as a MongoDB ObjectId: 4 bytes of Unix seconds, 5 random
-/// bytes drawn once per process, and a 3-byte counter that starts at a random value.
-///
-/// Ids made one after the other share all but their last few characters, the counter's: those
-/// name a queued task's bucket (`stream::task_bucket`), so tasks made in a row spread over the
-/// buckets evenly. (When the whole id was the last token of a task's subject, ids with a random
-/// tail also cost nats-server more CPU per webhook than these: docs/BENCHMARKS.md, round 8.)
-/// They are unique, not secret: every read of a task is checked against its project's token.
+/// bytes drawn once per process (the first never 0, so that no such id has the shape of a
+/// [`for_sequence`] one), and a 3-byte counter that starts at a random value. They are unique,
+/// not secret: every read of a task is checked against its project's token.
 pub fn new_id() -> String {
     static PROCESS: OnceLock<[u8; 5]> = OnceLock::new();
     static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
-    let process = PROCESS.get_or_init(rand::random);
+    let process = PROCESS.get_or_init(|| {
+        let mut bytes: [u8; 5] = rand::random();
+        bytes[0] |= 1;
+        bytes
+    });
     let count = COUNTER
         .get_or_init(|| AtomicU32::new(rand::random()))
         .fetch_add(1, Ordering::Relaxed);
@@ -38,6 +38,32 @@ pub fn new_id() -> String {
 pub fn id_for_key(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     hex::encode(&digest[..ID_LEN / 2])
+}
+
+/// The id of a task named by where JetStream stored it: 4 bytes of the Unix seconds at which
+/// the ingress received it, then its stream sequence as 8 bytes. A sequence below 2^40 leaves
+/// the 3 bytes after the time 0, which no [`new_id`] has: [`sequence_of`] tells the two apart,
+/// and the registry reads such a task from the stream by its sequence, at once.
+///
+/// The seconds keep the ids of a stream deleted and made again (which numbers its messages
+/// from 1 again) apart from the old ones, unless both were received in the same second.
+pub fn for_sequence(received_at_ms: i64, sequence: u64) -> String {
+    id_at(
+        (received_at_ms.max(0) / 1000) as u32,
+        sequence.to_be_bytes(),
+    )
+}
+
+/// The Unix seconds and the stream sequence a [`for_sequence`] id carries, if `id` has its
+/// shape. A delivery id's hashed id has that shape once in 2^24 or so: a caller checks that the
+/// message stored at the sequence is the task's.
+pub fn sequence_of(id: &str) -> Option<(u32, u64)> {
+    if !is_id(id) || &id[8..14] != "000000" {
+        return None;
+    }
+    let seconds = u32::from_str_radix(&id[..8], 16).ok()?;
+    let sequence = u64::from_str_radix(&id[8..], 16).ok()?;
+    (sequence > 0).then_some((seconds, sequence))
 }
 
 fn id_at(seconds: u32, tail: [u8; 8]) -> String {
@@ -89,6 +115,28 @@ mod tests {
         assert_eq!(unique.len(), ids.len());
         // The process's 5 bytes (characters 8..18) are the same in every id.
         assert!(ids.iter().all(|id| id[8..18] == ids[0][8..18]));
+    }
+
+    #[test]
+    fn sequence_ids_carry_their_time_and_sequence() {
+        let id = for_sequence(1_700_000_000_999, 42);
+        assert_eq!(id, "6553f100000000000000002a");
+        assert_eq!(sequence_of(&id), Some((1_700_000_000, 42)));
+        let big = for_sequence(1_700_000_000_000, (1 << 40) - 1);
+        assert_eq!(sequence_of(&big), Some((1_700_000_000, (1 << 40) - 1)));
+        // Past 2^40 the shape is lost (a trillion tasks in one stream).
+        assert_eq!(sequence_of(&for_sequence(0, 1 << 40)), None);
+        assert_eq!(sequence_of(&for_sequence(0, 0)), None);
+        assert_eq!(sequence_of("nope"), None);
+    }
+
+    #[test]
+    fn new_ids_never_have_the_shape_of_sequence_ids() {
+        let id = new_id();
+        assert_ne!(&id[8..10], "00");
+        assert_eq!(sequence_of(&id), None);
+        // The same holds for every process: the first random byte is odd.
+        assert_eq!(u8::from_str_radix(&id[8..10], 16).unwrap() & 1, 1);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The JetStream layout: one stream per installation, named from the prefix, holding every task
-//! under `<prefix>.tasks.p<priority>.<project>.<code>.<bucket>`, the bucket being the last
-//! [`TASK_BUCKET_CHARS`] characters of the task's id, or under
-//! `<prefix>.tasks.delayed.<project>.<code>.<task>` for one that waits. The bucket lets the
-//! registry find a queued task in the stream from its id alone, among those that share its
-//! bucket, without a subject per task: nats-server keeps state for every distinct subject it
-//! stores, and a subject per task cost the ingress about 6 points of the ceiling on average and
-//! nats-server about 40% more memory during a burst (docs/BENCHMARKS.md, round 9). The prefix
-//! lets tests and several installations share one NATS server without seeing each other.
+//! under `<prefix>.tasks.p<priority>.<project>.<code>` when it is named by its stream sequence
+//! (what the ingress publishes for a webhook or an API task that does not wait), under
+//! `<prefix>.tasks.p<priority>.<project>.<code>.<task>` when it carries its own id (a delivery
+//! id's task, a retry, a scheduled or released task), or under
+//! `<prefix>.tasks.delayed.<project>.<code>.<task>` while it waits.
+//!
+//! nats-server keeps state for every distinct subject it stores: a subject per webhook cost the
+//! ingress 10-30% of the ceiling and nats-server 40% more memory during a burst
+//! (docs/BENCHMARKS.md, rounds 9 and 10). A task named by its sequence needs no subject of its
+//! own to be found: the registry reads it at its sequence. The prefix lets tests and several
+//! installations share one NATS server without seeing each other.
 
 use std::time::Duration;
 
@@ -15,19 +18,6 @@ use async_nats::jetstream::{
     consumer::{pull, AckPolicy},
     stream,
 };
-
-/// How many characters at the end of a task's id name its subject's bucket: 4,096 buckets of
-/// hex digits. The ids made in a row differ in their last ones (a counter), and a delivery id's
-/// task id is a hash, so tasks spread evenly. A lookup reads the messages of one bucket of one
-/// project, about one in 4,096 of the stream's; nats-server's cost for it still grows with the
-/// whole stream (0.8-2.4 s behind 1.2-1.5 million queued tasks, docs/BENCHMARKS.md, round 9).
-pub const TASK_BUCKET_CHARS: usize = 3;
-
-/// The last token of a task's subject: the end of its id.
-pub fn task_bucket(task_id: &str) -> &str {
-    let start = task_id.len().saturating_sub(TASK_BUCKET_CHARS);
-    task_id.get(start..).unwrap_or(task_id)
-}
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish, by default.
 pub const DUPLICATE_WINDOW_SECS: u64 = 120;
@@ -156,18 +146,12 @@ impl Layout {
         format!("{}.tasks.>", self.prefix)
     }
 
-    /// The subject a task is published on: its priority's, project's and code's, and its
-    /// bucket ([`task_bucket`]).
-    pub fn task_subject(
-        &self,
-        priority: u8,
-        project_id: &str,
-        code_id: &str,
-        task_id: &str,
-    ) -> String {
+    /// The subject of the tasks of one code and priority that are named by their stream
+    /// sequence: `<prefix>.tasks.p<priority>.<project>.<code>`.
+    pub fn code_subject(&self, priority: u8, project_id: &str, code_id: &str) -> String {
         // By hand rather than with `format!`: this runs for every webhook.
         let mut s = String::with_capacity(
-            self.prefix.len() + project_id.len() + code_id.len() + task_id.len() + 16,
+            self.prefix.len() + project_id.len() + code_id.len() + 16 + crate::ids::ID_LEN,
         );
         s.push_str(&self.prefix);
         s.push_str(".tasks.p");
@@ -175,10 +159,24 @@ impl Layout {
             p @ 0..=9 => s.push(char::from(b'0' + p)),
             p => s.push_str(&p.to_string()),
         }
-        for part in [project_id, code_id, task_bucket(task_id)] {
-            s.push('.');
-            s.push_str(part);
-        }
+        s.push('.');
+        s.push_str(project_id);
+        s.push('.');
+        s.push_str(code_id);
+        s
+    }
+
+    /// The subject of a task that carries its own id: its code's, then the id.
+    pub fn own_subject(
+        &self,
+        priority: u8,
+        project_id: &str,
+        code_id: &str,
+        task_id: &str,
+    ) -> String {
+        let mut s = self.code_subject(priority, project_id, code_id);
+        s.push('.');
+        s.push_str(task_id);
         s
     }
 
@@ -196,29 +194,40 @@ impl Layout {
         format!("{}.tasks.delayed.>", self.prefix)
     }
 
-    /// The subject filter of the tasks of a project that share a task's bucket, whatever their
-    /// priority and code: `<prefix>.tasks.*.<project>.*.<bucket>`. The task is among them if it
-    /// waits in the stream and is not delayed.
+    /// The subject filter of a task that carries its own id, whatever its priority and code, or
+    /// while it is delayed: `<prefix>.tasks.*.<project>.*.<task>`.
     pub fn task_lookup(&self, project_id: &str, task_id: &str) -> String {
-        format!(
-            "{}.tasks.*.{project_id}.*.{}",
-            self.prefix,
-            task_bucket(task_id)
-        )
-    }
-
-    /// The subject filter of a task published on a subject of its own: a delayed task, or one
-    /// queued by a version of workhook before the buckets (`<prefix>.tasks.*.<project>.*.<task>`).
-    pub fn own_subject_lookup(&self, project_id: &str, task_id: &str) -> String {
         format!("{}.tasks.*.{project_id}.*.{task_id}", self.prefix)
     }
 
-    /// The subject to publish a new task on: its priority's, or the delayed one.
+    /// Whether `subject` is the subject of a task of `project_id` named by its sequence (see
+    /// [`Layout::code_subject`]): what the registry checks of the message it reads at the
+    /// sequence a task id names.
+    pub fn is_code_subject_of(&self, subject: &str, project_id: &str) -> bool {
+        let Some(rest) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".tasks.p"))
+        else {
+            return false;
+        };
+        let mut tokens = rest.split('.');
+        let priority = tokens.next().unwrap_or_default();
+        !priority.is_empty()
+            && priority.bytes().all(|b| b.is_ascii_digit())
+            && tokens.next() == Some(project_id)
+            && tokens.next().is_some_and(|code| !code.is_empty())
+            && tokens.next().is_none()
+    }
+
+    /// The subject to publish a new task on: its code's if it is named by its sequence, its own
+    /// if it carries its id, the delayed one if it waits.
     pub fn subject_for(&self, envelope: &crate::Envelope) -> String {
         if envelope.delay > 0 {
             self.delayed_subject(&envelope.project_id, &envelope.code_id, &envelope.task_id)
+        } else if envelope.task_id.is_empty() {
+            self.code_subject(envelope.priority, &envelope.project_id, &envelope.code_id)
         } else {
-            self.task_subject(
+            self.own_subject(
                 envelope.priority,
                 &envelope.project_id,
                 &envelope.code_id,
@@ -353,17 +362,14 @@ mod tests {
         assert_eq!(l.priority_tasks(1), "wh-test_1.tasks.p1.>");
         assert_eq!(runner_consumer(2), "runners-p2");
         let task = "6b158d44b99514aa49a1f287";
+        assert_eq!(l.code_subject(2, "p", "c"), "wh-test_1.tasks.p2.p.c");
+        assert_eq!(l.code_subject(12, "p", "c"), "wh-test_1.tasks.p12.p.c");
         assert_eq!(
-            l.task_subject(2, "p", "c", task),
-            "wh-test_1.tasks.p2.p.c.287"
+            l.own_subject(0, "p", "c", task),
+            format!("wh-test_1.tasks.p0.p.c.{task}")
         );
         assert_eq!(
-            l.task_subject(12, "p", "c", "t"),
-            "wh-test_1.tasks.p12.p.c.t"
-        );
-        assert_eq!(l.task_lookup("p", task), "wh-test_1.tasks.*.p.*.287");
-        assert_eq!(
-            l.own_subject_lookup("p", task),
+            l.task_lookup("p", task),
             format!("wh-test_1.tasks.*.p.*.{task}")
         );
         assert_eq!(l.delayed_tasks(), "wh-test_1.tasks.delayed.>");
@@ -376,20 +382,52 @@ mod tests {
     }
 
     #[test]
-    fn tasks_spread_over_the_buckets() {
-        // Ids made in a row differ in their counter, the last characters: 4,096 of them take
-        // every bucket once (fewer if another test makes ids meanwhile, as under `cargo test`).
-        let made: Vec<String> = (0..4096).map(|_| crate::ids::new_id()).collect();
-        let buckets: std::collections::HashSet<&str> =
-            made.iter().map(|id| task_bucket(id)).collect();
-        assert!(buckets.len() > 4000, "{}", buckets.len());
-        // A delivery id's task id is a hash.
-        let hashed: std::collections::HashSet<String> = (0..4096)
-            .map(|i| task_bucket(&crate::ids::id_for_key(&i.to_string())).to_string())
-            .collect();
-        assert!(hashed.len() > 2000, "{}", hashed.len());
-        assert!(hashed.iter().all(|b| b.len() == TASK_BUCKET_CHARS));
-        assert_eq!(task_bucket("ab"), "ab");
+    fn a_code_subject_is_told_from_every_other_subject() {
+        let l = Layout::new("wh").unwrap();
+        assert!(l.is_code_subject_of("wh.tasks.p2.p.c", "p"));
+        assert!(l.is_code_subject_of(&l.code_subject(0, "p", "c"), "p"));
+        for other in [
+            "wh.tasks.p2.q.c",
+            "wh.tasks.p2.p.c.t",
+            "wh.tasks.p2.p",
+            "wh.tasks.p2.p.",
+            "wh.tasks.delayed.p.c",
+            "wh.tasks.p.p.c",
+            "whx.tasks.p2.p.c",
+            "other.tasks.p2.p.c",
+        ] {
+            assert!(!l.is_code_subject_of(other, "p"), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_task_goes_where_its_id_says() {
+        let l = Layout::new("wh").unwrap();
+        let mut e = crate::Envelope {
+            task_id: String::new(),
+            project_id: "p".into(),
+            code_id: "c".into(),
+            code_name: "n".into(),
+            code_rev: 1,
+            priority: 1,
+            timeout: 60,
+            delay: 0,
+            label: None,
+            cluster: "default".into(),
+            received_at: 0,
+            source: crate::envelope::Source::Webhook,
+            retry_of: None,
+            retry_count: 0,
+            schedule_id: None,
+            verified_by: None,
+            request: None,
+            payload_ref: None,
+        };
+        assert_eq!(l.subject_for(&e), "wh.tasks.p1.p.c");
+        e.task_id = "t".into();
+        assert_eq!(l.subject_for(&e), "wh.tasks.p1.p.c.t");
+        e.delay = 5;
+        assert_eq!(l.subject_for(&e), "wh.tasks.delayed.p.c.t");
     }
 
     #[test]

@@ -98,6 +98,17 @@ impl RawOptions {
     }
 }
 
+/// The id a new task starts with: none (it is named by its stream sequence once JetStream
+/// stores it, and needs no subject of its own), unless it waits: a delayed task is recorded by
+/// its id as it arrives.
+fn fresh_task_id(delay: u32) -> String {
+    if delay > 0 {
+        ids::new_id()
+    } else {
+        String::new()
+    }
+}
+
 pub(crate) fn envelope(
     project_id: &str,
     code: &CodeRef,
@@ -105,7 +116,7 @@ pub(crate) fn envelope(
     source: Source,
 ) -> Envelope {
     Envelope {
-        task_id: ids::new_id(),
+        task_id: fresh_task_id(options.delay),
         project_id: project_id.to_string(),
         code_id: code.id.clone(),
         code_name: code.name.clone(),
@@ -341,9 +352,9 @@ async fn queue_webhook(
     };
     envelope.verified_by = verified.map(|v| v.scheme.to_string());
     envelope.request = Some(worker_request(&method, &uri, &headers));
-    tracing::Span::current().record("task_id", envelope.task_id.as_str());
-    app.publish_large(&mut envelope, payload, id).await?;
-    Ok(Queued(envelope.task_id))
+    let task_id = app.publish_large(&mut envelope, payload, id).await?;
+    tracing::Span::current().record("task_id", task_id.as_str());
+    Ok(Queued(task_id))
 }
 
 /// A queued webhook's answer, `{"id": "<task id>", "msg": "Queued up."}`, written straight into
@@ -560,11 +571,10 @@ async fn queue_batch(
             .map(|(envelope, payload)| app.publish(envelope, payload.clone(), TaskIdKind::Fresh)),
     )
     .await;
-    acks.into_iter().collect::<ApiResult<Vec<()>>>()?;
-    let ids: Vec<Value> = queued
-        .iter()
-        .map(|(e, _)| json!({ "id": e.task_id }))
-        .collect();
+    let ids: Vec<Value> = acks
+        .into_iter()
+        .map(|id| id.map(|id| json!({ "id": id })))
+        .collect::<ApiResult<_>>()?;
     Ok(Json(json!({ "msg": "Queued up", "tasks": ids })))
 }
 
@@ -1047,7 +1057,7 @@ async fn queue_retry(
         Some(d) => whole(d, "delay", 0.0, f64::from(MAX_DELAY))?,
     };
     let envelope = Envelope {
-        task_id: ids::new_id(),
+        task_id: fresh_task_id(delay),
         project_id,
         code_id: original.code_id,
         code_name: original.code_name,
@@ -1066,11 +1076,12 @@ async fn queue_retry(
         request: None,
         payload_ref: original.payload_ref,
     };
-    tracing::Span::current().record("task_id", envelope.task_id.as_str());
-    app.publish(&envelope, original.payload, TaskIdKind::Fresh)
+    let task_id = app
+        .publish(&envelope, original.payload, TaskIdKind::Fresh)
         .await?;
+    tracing::Span::current().record("task_id", task_id.as_str());
     Ok(Json(
-        json!({ "msg": "Queued up", "tasks": [{ "id": envelope.task_id }] }),
+        json!({ "msg": "Queued up", "tasks": [{ "id": task_id }] }),
     ))
 }
 

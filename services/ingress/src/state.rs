@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use tonic::transport::Channel;
-use workhook_core::{stream::Layout, Envelope};
+use workhook_core::{ids, stream::Layout, Envelope};
 use workhook_proto::{self as pb, registry_client::RegistryClient};
 
 use crate::cache::{SingleFlight, TtlCache};
@@ -41,8 +41,9 @@ pub enum TaskIdKind {
     /// Derived from the sender's delivery id: a redelivery is the same task, and JetStream's
     /// duplicate window drops its second publish.
     FromDelivery,
-    /// New and random: no other publish can carry it, so JetStream has nothing to deduplicate
-    /// (and keeps no id in its window for it).
+    /// New: named by its stream sequence, or random for a task that waits; no other publish
+    /// can carry it, so JetStream has nothing to deduplicate (and keeps no id in its window for
+    /// it).
     Fresh,
 }
 
@@ -306,29 +307,33 @@ impl AppState {
         self.codes.remove(&format!("{project_id}/{name}"));
     }
 
-    /// Publishes a task and waits for JetStream's acknowledgement: only then is it durable. Any
-    /// failure, including no answer within the publish timeout, is a 503 so the sender retries.
     /// Publishes a task whose payload may be too large for a message: such a payload is first
-    /// stored in the payload bucket (named by the task id) and the message carries its name.
+    /// stored in the payload bucket, named by the task's id (a redelivery overwrites it) or by a
+    /// new one for a task named by its sequence, and the message carries its name. Returns the
+    /// task's id, as [`AppState::publish`] does.
     pub async fn publish_large(
         &self,
         envelope: &mut Envelope,
         payload: Bytes,
         id: TaskIdKind,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<String> {
         if payload.len() <= self.max_json_bytes {
             return self.publish(envelope, payload, id).await;
         }
+        let object = if envelope.task_id.is_empty() {
+            ids::new_id()
+        } else {
+            envelope.task_id.clone()
+        };
         let stored = tokio::time::timeout(
             self.publish_timeout * 4,
-            self.payloads
-                .put(envelope.task_id.as_str(), &mut payload.as_ref()),
+            self.payloads.put(object.as_str(), &mut payload.as_ref()),
         )
         .await;
         match stored {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, task_id = %envelope.task_id, "storing a large payload failed");
+                tracing::warn!(error = %e, %object, "storing a large payload failed");
                 return Err(ApiError::Unavailable(
                     "The queue is unavailable; retry shortly".into(),
                 ));
@@ -339,16 +344,20 @@ impl AppState {
                 ))
             }
         }
-        envelope.payload_ref = Some(envelope.task_id.clone());
+        envelope.payload_ref = Some(object);
         self.publish(envelope, Bytes::new(), id).await
     }
 
+    /// Publishes a task and waits for JetStream's acknowledgement: only then is it durable. Any
+    /// failure, including no answer within the publish timeout, is a 503 so the sender retries.
+    /// Returns the task's id: the envelope's, or, for a task named by its stream sequence (an
+    /// envelope without one), the id of the sequence the acknowledgement gives.
     pub async fn publish(
         &self,
         envelope: &Envelope,
         payload: Bytes,
         id: TaskIdKind,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<String> {
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             return Err(ApiError::Unavailable(
                 "The queue is unavailable; retry shortly".into(),
@@ -371,7 +380,10 @@ impl AppState {
             .publish_seconds
             .observe(started.elapsed().as_secs_f64());
         match acked {
-            Ok(_ack) => Ok(()),
+            Ok(ack) if envelope.task_id.is_empty() => {
+                Ok(ids::for_sequence(envelope.received_at, ack.sequence))
+            }
+            Ok(_) => Ok(envelope.task_id.clone()),
             Err(e) => {
                 tracing::warn!(error = %e, task_id = %envelope.task_id, "publish failed");
                 let msg = match e.kind() {

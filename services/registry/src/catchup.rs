@@ -2,8 +2,9 @@
 //!
 //! A queued task is not written to Postgres when it is published: at the publish rate that write
 //! was most of what a webhook cost (see docs/BENCHMARKS.md). Until something reads it, the stream
-//! alone holds it. A runner's StartTask records it from the call; a lookup by id finds it in the
-//! stream among the messages of its bucket and records that one task (`find_queued`); a call
+//! alone holds it. A runner's StartTask records it from the call; a lookup by id reads it from
+//! the stream, at the sequence its id names or on its own subject, and records that one task
+//! (`find_queued`); a call
 //! over many tasks (a list, the stats, cancel-all) first runs a catch-up, which records every
 //! task published since the last one, from a short-lived consumer that starts where the last
 //! catch-up stopped (`stream_recorded`, migration 0010). A task that left the stream meanwhile
@@ -140,7 +141,7 @@ impl CatchUp {
                 }
                 reached |= seq == target;
                 last_seq = Some(seq);
-                match Envelope::from_headers(m.headers.as_ref()) {
+                match Envelope::from_message(m.headers.as_ref(), seq) {
                     Ok(e) => batch.push((pb::Envelope::from(&e), m)),
                     // Nothing can run it: the runners drop it when they take it.
                     Err(e) => {
@@ -210,31 +211,27 @@ impl CatchUp {
     /// does not hold it (it does not exist, or it was recorded and then left the stream), or when
     /// either id is not an id (so nothing a caller passes can widen the subject filter).
     ///
-    /// The task's subject is its bucket's (`Layout::task_lookup`): the messages on it are read
-    /// in order until the task's. A delayed task, or one queued before the buckets, has a
-    /// subject of its own, looked up last.
+    /// A task named by its sequence (`ids::sequence_of`) is read at that sequence, and is the
+    /// task if the message there is one of the project's named by its sequence and received in
+    /// the id's second. Any other task has a subject of its own (`Layout::task_lookup`). Both are
+    /// one read of the stream's indexes, whatever the stream holds.
     pub async fn find_queued(&self, project_id: &str, task_id: &str) -> Result<bool, CatchUpError> {
         if !ids::is_id(project_id) || !ids::is_id(task_id) {
             return Ok(false);
         }
-        let bucket = self.layout.task_lookup(project_id, task_id);
-        let mut from = 0;
-        loop {
-            let message = match self
-                .stream
-                .get_first_raw_message_by_subject(&bucket, from)
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+        if let Some((_, sequence)) = ids::sequence_of(task_id) {
+            match self.stream.get_raw_message(sequence).await {
+                Ok(message) if self.layout.is_code_subject_of(&message.subject, project_id) => {
+                    if let Some(envelope) = self.envelope_of(&message, task_id) {
+                        return self.record_one(&envelope, &message.payload).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
                 Err(e) => return Err(nats(e)),
-            };
-            from = message.sequence + 1;
-            if let Some(envelope) = self.envelope_of(&message, task_id) {
-                return self.record_one(&envelope, &message.payload).await;
             }
         }
-        let own = self.layout.own_subject_lookup(project_id, task_id);
+        let own = self.layout.task_lookup(project_id, task_id);
         let message = match self.stream.get_last_raw_message_by_subject(&own).await {
             Ok(m) => m,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
@@ -248,7 +245,7 @@ impl CatchUp {
 
     /// The envelope of a stored message if it is `task_id`'s.
     fn envelope_of(&self, message: &StreamMessage, task_id: &str) -> Option<pb::Envelope> {
-        match Envelope::from_headers(Some(&message.headers)) {
+        match Envelope::from_message(Some(&message.headers), message.sequence) {
             Ok(e) if e.task_id == task_id => Some(pb::Envelope::from(&e)),
             Ok(_) => None,
             Err(e) => {

@@ -98,7 +98,7 @@ async fn release_due(
             request: t.request,
             payload_ref: t.payload_ref,
         };
-        let subject = layout.task_subject(
+        let subject = layout.own_subject(
             envelope.priority,
             &envelope.project_id,
             &envelope.code_id,

@@ -205,18 +205,27 @@ async fn only_a_task_with_a_delivery_id_carries_a_nats_msg_id() {
         .await
         .unwrap();
     let delivered = accepted_id(delivered).await;
+    let layout = workhook_core::stream::Layout::new(&stack.prefix).unwrap();
     for (id, msg_id) in [(&fresh, None), (&delivered, Some(delivered.as_str()))] {
         let message = tokio::time::timeout(WITHIN, messages.next())
             .await
             .expect("the task's message")
             .unwrap();
-        assert!(
-            message
-                .subject
-                .ends_with(&format!(".{}", workhook_core::stream::task_bucket(id))),
-            "{}",
-            message.subject
-        );
+        // A fresh task is named by its sequence, on its code's subject; a delivery id's task
+        // carries its id, on a subject of its own.
+        match msg_id {
+            None => assert!(
+                workhook_core::ids::sequence_of(id).is_some()
+                    && layout.is_code_subject_of(&message.subject, &p.id),
+                "{id} {}",
+                message.subject
+            ),
+            Some(_) => assert!(
+                message.subject.ends_with(&format!(".{id}")),
+                "{}",
+                message.subject
+            ),
+        }
         let headers = message.headers.unwrap_or_default();
         assert_eq!(
             headers.get("Nats-Msg-Id").map(|v| v.as_str()),
@@ -254,63 +263,78 @@ async fn a_backlog_of_several_catch_up_batches_is_recorded_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_finds_a_queued_task_among_those_of_its_bucket_and_on_a_subject_of_its_own() {
+async fn a_lookup_finds_a_queued_task_at_its_sequence_and_on_a_subject_of_its_own() {
+    use workhook_core::ids;
+
     let stack = Stack::start_with(StackOptions {
         runners: 0,
         ..Default::default()
     })
     .await;
-    let p = stack.create_project("buckets").await;
+    let p = stack.create_project("lookups").await;
     stack.upload_script(&p, "w", "true").await;
     let first = accepted_id(stack.webhook(&p, "w", "first").await).await;
+    let (_, sequence) =
+        ids::sequence_of(&first).expect("a webhook's task is named by its sequence");
 
-    // Copies of its message under other ids: one in its bucket, after it, and one on a subject
-    // of its own, as workhook published every task before the buckets.
     let layout = workhook_core::stream::Layout::new(&stack.prefix).unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
     let stream = js.get_stream(layout.stream()).await.unwrap();
-    let stored = stream
-        .get_first_raw_message_by_subject(layout.all_tasks(), 0)
-        .await
-        .unwrap();
-    let bucket = workhook_core::stream::task_bucket(&first);
+    let stored = stream.get_raw_message(sequence).await.unwrap();
     assert!(
-        stored.subject.ends_with(&format!(".{bucket}")),
+        layout.is_code_subject_of(&stored.subject, &p.id),
         "{}",
         stored.subject
     );
-    let envelope = workhook_core::Envelope::from_headers(Some(&stored.headers)).unwrap();
+    let envelope = workhook_core::Envelope::from_message(Some(&stored.headers), sequence).unwrap();
     assert_eq!(envelope.task_id, first);
-    let sibling = format!("{}{bucket}", "0".repeat(24 - bucket.len()));
-    let own = "00000000000000000000abcd".to_string();
-    let own_subject = format!(
-        "{}.tasks.p1.{}.{}.{own}",
-        stack.prefix, p.id, envelope.code_id
-    );
-    for (id, subject) in [(&sibling, stored.subject.to_string()), (&own, own_subject)] {
+
+    // Copies of its message that carry ids of their own, on subjects of their own, as a
+    // delivery id's task is published: one of them an id that has a sequence id's shape (a
+    // hash can), whose sequence holds no task.
+    let own = "6553f100ffffffffff00abcd".to_string();
+    let shaped = "00000000000000000000abcd".to_string();
+    assert!(ids::sequence_of(&own).is_none() && ids::sequence_of(&shaped).is_some());
+    for id in [&own, &shaped] {
         let copy = workhook_core::Envelope {
             task_id: id.clone(),
             ..envelope.clone()
         };
+        let subject = layout.subject_for(&copy);
         js.publish_with_headers(subject, copy.to_headers(), stored.payload.clone())
             .await
             .unwrap()
             .await
             .unwrap();
     }
+    // Another project's task: its sequence is no task of this project.
+    let q = stack.create_project("others").await;
+    stack.upload_script(&q, "w", "true").await;
+    let theirs = accepted_id(stack.webhook(&q, "w", "theirs").await).await;
 
-    for id in [&sibling, &own] {
+    for id in [&first, &own, &shaped] {
         let task = stack.task(&p, id).await;
         assert_eq!(task["id"], id.as_str(), "{task}");
         assert_eq!(task["status"], "queued", "{task}");
         assert_eq!(task["code_name"], "w", "{task}");
+        assert_eq!(task["payload"], "first", "{task}");
     }
-    assert_eq!(rows(&stack).await, 2, "each lookup records its own task");
-    let never = format!("{}{bucket}", "1".repeat(24 - bucket.len()));
-    assert_eq!(
-        stack.get(&p, &format!("/tasks/{never}")).await.status(),
-        404,
-        "an id of the bucket that was never queued"
-    );
-    assert_eq!(stack.task(&p, &first).await["status"], "queued");
+    assert_eq!(rows(&stack).await, 3, "each lookup records its own task");
+    let (seconds, _) = ids::sequence_of(&first).unwrap();
+    for never in [
+        // The right sequence, received in another second: a task of another stream.
+        ids::for_sequence((i64::from(seconds) - 1) * 1000, sequence),
+        // A sequence the stream never held.
+        ids::for_sequence(i64::from(seconds) * 1000, 999_999),
+        // Another project's task.
+        theirs.clone(),
+        ids::new_id(),
+    ] {
+        assert_eq!(
+            stack.get(&p, &format!("/tasks/{never}")).await.status(),
+            404,
+            "{never}"
+        );
+    }
+    assert_eq!(stack.task(&q, &theirs).await["status"], "queued");
 }

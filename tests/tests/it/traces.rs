@@ -70,7 +70,9 @@ async fn watch_task_messages(stack: &Stack) -> async_nats::Subscriber {
 
 /// What identifies a task message.
 enum Find<'a> {
-    /// The task's own message: its envelope names the task.
+    /// The task's own message: its envelope names the task, or, for a task named by its stream
+    /// sequence (which a core subscriber does not see), names none and was received in the
+    /// second the id carries.
     Task(&'a str),
     /// The message whose header `.0` is `.1`.
     Header(&'a str, &'a str),
@@ -87,7 +89,11 @@ async fn message_headers(
             .unwrap_or_else(|_| panic!("no task message for the task"))
             .unwrap();
         let headers = message.headers.unwrap_or_default();
-        let task_id = workhook_core::Envelope::from_headers(Some(&headers))
+        let sequence = match find {
+            Find::Task(id) => workhook_core::ids::sequence_of(id).map_or(1, |(_, s)| s),
+            Find::Header(..) => 1,
+        };
+        let task_id = workhook_core::Envelope::from_message(Some(&headers), sequence)
             .expect("a task message carries its envelope")
             .task_id;
         let found = match find {
