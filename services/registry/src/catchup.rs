@@ -4,11 +4,10 @@
 //! was most of what a webhook cost (see docs/BENCHMARKS.md). Until something reads it, the stream
 //! alone holds it. A runner's StartTask records it from the call; a lookup by id reads it from
 //! the stream, at the sequence its id names or on its own subject, and records that one task
-//! (`find_queued`); a call
-//! over many tasks (a list, the stats, cancel-all) first runs a catch-up, which records every
-//! task published since the last one, from a short-lived consumer that starts where the last
-//! catch-up stopped (`stream_recorded`, migration 0010). A task that left the stream meanwhile
-//! was acked by a runner, which started it and so recorded it.
+//! (`find_queued`); a call over many tasks (a list, the stats, cancel-all) first runs a
+//! catch-up, which records every task published since the last one, from a short-lived consumer
+//! that starts where the last catch-up stopped (`stream_recorded`, migration 0010). A task that
+//! left the stream meanwhile was acked by a runner, which started it and so recorded it.
 
 use std::time::Duration;
 
