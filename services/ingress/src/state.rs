@@ -385,7 +385,14 @@ impl AppState {
             }
             Ok(_) => Ok(envelope.task_id.clone()),
             Err(e) => {
-                tracing::warn!(error = %e, task_id = %envelope.task_id, "publish failed");
+                // A task named by its sequence has no id yet: name its project and code.
+                tracing::warn!(
+                    error = %e,
+                    project_id = %envelope.project_id,
+                    code = %envelope.code_name,
+                    task_id = %envelope.task_id,
+                    "publish failed"
+                );
                 let msg = match e.kind() {
                     PublishErrorKind::TimedOut => "The queue did not answer in time; retry shortly",
                     _ => "The queue is unavailable; retry shortly",
