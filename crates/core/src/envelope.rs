@@ -255,6 +255,14 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// Reads the envelope of a message a consumer delivered, named by the stream sequence its
+    /// reply subject gives (a task named by its sequence is refused if the reply subject does
+    /// not say where it was stored).
+    pub fn from_delivered(message: &async_nats::jetstream::Message) -> Result<Self, EnvelopeError> {
+        let sequence = message.info().map_or(0, |i| i.stream_sequence);
+        Self::from_message(message.headers.as_ref(), sequence)
+    }
+
     fn from_compact(v: &str, stream_sequence: u64) -> Result<Self, EnvelopeError> {
         let bad = EnvelopeError::Malformed(TASK);
         let mut fields = v.split(' ');

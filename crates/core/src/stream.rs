@@ -200,25 +200,6 @@ impl Layout {
         format!("{}.tasks.*.{project_id}.*.{task_id}", self.prefix)
     }
 
-    /// Whether `subject` is the subject of a task of `project_id` named by its sequence (see
-    /// [`Layout::code_subject`]): what the registry checks of the message it reads at the
-    /// sequence a task id names.
-    pub fn is_code_subject_of(&self, subject: &str, project_id: &str) -> bool {
-        let Some(rest) = subject
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|r| r.strip_prefix(".tasks.p"))
-        else {
-            return false;
-        };
-        let mut tokens = rest.split('.');
-        let priority = tokens.next().unwrap_or_default();
-        !priority.is_empty()
-            && priority.bytes().all(|b| b.is_ascii_digit())
-            && tokens.next() == Some(project_id)
-            && tokens.next().is_some_and(|code| !code.is_empty())
-            && tokens.next().is_none()
-    }
-
     /// The subject to publish a new task on: its code's if it is named by its sequence, its own
     /// if it carries its id, the delayed one if it waits.
     pub fn subject_for(&self, envelope: &crate::Envelope) -> String {
@@ -379,25 +360,6 @@ mod tests {
             "wh-test_1.tasks.delayed.p.c.t"
         );
         assert_eq!(l.all_cancels(), "wh-test_1.control.cancel.*");
-    }
-
-    #[test]
-    fn a_code_subject_is_told_from_every_other_subject() {
-        let l = Layout::new("wh").unwrap();
-        assert!(l.is_code_subject_of("wh.tasks.p2.p.c", "p"));
-        assert!(l.is_code_subject_of(&l.code_subject(0, "p", "c"), "p"));
-        for other in [
-            "wh.tasks.p2.q.c",
-            "wh.tasks.p2.p.c.t",
-            "wh.tasks.p2.p",
-            "wh.tasks.p2.p.",
-            "wh.tasks.delayed.p.c",
-            "wh.tasks.p.p.c",
-            "whx.tasks.p2.p.c",
-            "other.tasks.p2.p.c",
-        ] {
-            assert!(!l.is_code_subject_of(other, "p"), "{other}");
-        }
     }
 
     #[test]

@@ -211,21 +211,21 @@ impl CatchUp {
     /// either id is not an id (so nothing a caller passes can widen the subject filter).
     ///
     /// A task named by its sequence (`ids::sequence_of`) is read at that sequence, and is the
-    /// task if the message there is one of the project's named by its sequence and received in
-    /// the id's second. Any other task has a subject of its own (`Layout::task_lookup`). Both are
-    /// one read of the stream's indexes, whatever the stream holds.
+    /// task if the message there is the project's and, named by that sequence, has the id (so it
+    /// carries no id of its own and was received in the id's second). Any other task has a
+    /// subject of its own (`Layout::task_lookup`). Both are one read of the stream's indexes,
+    /// whatever the stream holds.
     pub async fn find_queued(&self, project_id: &str, task_id: &str) -> Result<bool, CatchUpError> {
         if !ids::is_id(project_id) || !ids::is_id(task_id) {
             return Ok(false);
         }
         if let Some((_, sequence)) = ids::sequence_of(task_id) {
             match self.stream.get_raw_message(sequence).await {
-                Ok(message) if self.layout.is_code_subject_of(&message.subject, project_id) => {
-                    if let Some(envelope) = self.envelope_of(&message, task_id) {
+                Ok(message) => {
+                    if let Some(envelope) = self.envelope_of(&message, project_id, task_id) {
                         return self.record_one(&envelope, &message.payload).await;
                     }
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
                 Err(e) => return Err(nats(e)),
             }
@@ -236,16 +236,23 @@ impl CatchUp {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
             Err(e) => return Err(nats(e)),
         };
-        match self.envelope_of(&message, task_id) {
+        match self.envelope_of(&message, project_id, task_id) {
             Some(envelope) => self.record_one(&envelope, &message.payload).await,
             None => Ok(false),
         }
     }
 
-    /// The envelope of a stored message if it is `task_id`'s.
-    fn envelope_of(&self, message: &StreamMessage, task_id: &str) -> Option<pb::Envelope> {
+    /// The envelope of a stored message if it is task `task_id` of project `project_id`.
+    fn envelope_of(
+        &self,
+        message: &StreamMessage,
+        project_id: &str,
+        task_id: &str,
+    ) -> Option<pb::Envelope> {
         match Envelope::from_message(Some(&message.headers), message.sequence) {
-            Ok(e) if e.task_id == task_id => Some(pb::Envelope::from(&e)),
+            Ok(e) if e.task_id == task_id && e.project_id == project_id => {
+                Some(pb::Envelope::from(&e))
+            }
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(error = %e, seq = message.sequence, "unreadable task message; not recorded");

@@ -103,11 +103,7 @@ async fn record(pool: &PgPool, batch: &mut Vec<jetstream::Message>) -> u64 {
     let mut envelopes = Vec::with_capacity(batch.len());
     let mut keep = Vec::with_capacity(batch.len());
     for m in batch.drain(..) {
-        match Envelope::from_message(
-            m.headers.as_ref(),
-            // Where JetStream stored it (0, refused, if the reply subject does not say).
-            m.info().map_or(0, |i| i.stream_sequence),
-        ) {
+        match Envelope::from_delivered(&m) {
             Ok(e) => {
                 envelopes.push(pb::Envelope::from(&e));
                 keep.push(m);

@@ -412,11 +412,7 @@ impl Runner {
         slot: OwnedSemaphorePermit,
         abandon: CancellationToken,
     ) {
-        let envelope = match Envelope::from_message(
-            message.headers.as_ref(),
-            // Where JetStream stored it (0, refused, if the reply subject does not say).
-            message.info().map_or(0, |i| i.stream_sequence),
-        ) {
+        let envelope = match Envelope::from_delivered(&message) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, subject = %message.subject, "unreadable task message; dropped");
