@@ -266,7 +266,8 @@ impl CatchUp {
         envelope: &pb::Envelope,
         payload: &[u8],
     ) -> Result<bool, CatchUpError> {
-        let recorded = store::record_queued(&self.pool, &[Queued { envelope, payload }]).await?;
+        let recorded =
+            store::record_queued_from_stream(&self.pool, &[Queued { envelope, payload }]).await?;
         self.recorded.inc_by(recorded);
         Ok(true)
     }

@@ -544,12 +544,45 @@ pub async fn record_queued<'e, E>(executor: E, batch: &[Queued<'_>]) -> Result<u
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
+    record(executor, batch, false).await
+}
+
+/// Records queued tasks as [`record_queued`] does, but, when the stream goes on holding every one
+/// of them, commits without waiting for the WAL to reach the disk (`synchronous_commit = off`
+/// for this statement's transaction only). A lookup records the task it finds this way: it
+/// waited on the flush otherwise, 0.1-0.6 s when the disk was busy writing a burst's messages
+/// (docs/BENCHMARKS.md, round 11). Nothing is at risk: such a task leaves the stream only when a
+/// runner has started it, a synchronous commit that flushes the WAL up to and past this row, and
+/// a crash that loses the row leaves the task unrecorded in the stream, where the next read
+/// records it again. A delayed task is different: the recorder acks it out of the stream once
+/// its row exists, so its row is always flushed before the commit returns.
+pub async fn record_queued_from_stream(pool: &PgPool, batch: &[Queued<'_>]) -> Result<u64> {
+    record(pool, batch, stream_keeps_all(batch)).await
+}
+
+/// Whether the stream goes on holding every task of `batch` once it is recorded: true unless one
+/// of them is delayed (see [`record_queued_from_stream`]).
+fn stream_keeps_all(batch: &[Queued<'_>]) -> bool {
+    batch.iter().all(|q| q.envelope.delay <= 0)
+}
+
+async fn record<'e, E>(executor: E, batch: &[Queued<'_>], unflushed: bool) -> Result<u64>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
     let columns = QueuedColumns::new(batch.iter().copied());
+    // set_config(..., true) holds until the end of the statement's own transaction, whose
+    // commit reads it.
+    let sql = if unflushed {
+        "WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
+         SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                $14, $15, $16, $17, $18, $19) FROM unflushed"
+    } else {
+        "SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                $14, $15, $16, $17, $18, $19)"
+    };
     let (recorded,): (i64,) = columns
-        .bind(sqlx::query_as(
-            "SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                $14, $15, $16, $17, $18, $19)",
-        ))
+        .bind(sqlx::query_as(sql))
         .fetch_one(executor)
         .await?;
     Ok(recorded as u64)
@@ -1519,4 +1552,28 @@ pub async fn cancel_schedule(pool: &PgPool, project_id: &str, schedule_id: &str)
         return Err(RegistryError::NotFound("schedule"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(envelope: &pb::Envelope) -> Queued<'_> {
+        Queued {
+            envelope,
+            payload: b"{}",
+        }
+    }
+
+    #[test]
+    fn only_a_batch_without_delayed_tasks_may_commit_unflushed() {
+        let now = pb::Envelope::default();
+        let delayed = pb::Envelope {
+            delay: 60,
+            ..Default::default()
+        };
+        assert!(stream_keeps_all(&[queued(&now), queued(&now)]));
+        assert!(!stream_keeps_all(&[queued(&delayed)]));
+        assert!(!stream_keeps_all(&[queued(&now), queued(&delayed)]));
+    }
 }
