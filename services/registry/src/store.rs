@@ -571,15 +571,22 @@ where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
     let columns = QueuedColumns::new(batch.iter().copied());
-    // set_config(..., true) holds until the end of the statement's own transaction, whose
-    // commit reads it.
-    let sql = if unflushed {
-        "WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
-         SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                $14, $15, $16, $17, $18, $19) FROM unflushed"
-    } else {
-        "SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+    // One call of migration 0010's function; unflushed, the same call behind a set_config(...,
+    // true), which holds until the end of the statement's own transaction, whose commit reads it.
+    macro_rules! record_tasks {
+        () => {
+            "SELECT workhook_record_tasks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                 $14, $15, $16, $17, $18, $19)"
+        };
+    }
+    let sql = if unflushed {
+        concat!(
+            "WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true)) ",
+            record_tasks!(),
+            " FROM unflushed"
+        )
+    } else {
+        record_tasks!()
     };
     let (recorded,): (i64,) = columns
         .bind(sqlx::query_as(sql))
