@@ -315,6 +315,134 @@ async fn concurrent_starts_and_finishes_start_each_task_once_and_record_only_its
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
+/// A task nothing has read yet is inserted as running by the start that finds it unrecorded:
+/// one version of its row, not a queued one updated at once. Several runners asking for it in
+/// the same moment still start it exactly once, with the payload they carried; a task of a paused
+/// code is recorded as queued and deferred, not started; a task recorded before is started by
+/// its row, in the same batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecorded_tasks_asked_for_by_several_runners_at_once_start_once_as_one_row_version() {
+    use pb::start_task_response::Decision;
+    use sqlx::Connection;
+    let stack = Stack::start_with(StackOptions {
+        runners: 0,
+        ..Default::default()
+    })
+    .await;
+    let p = stack.create_project("unrecorded").await;
+    let code = stack.upload_script(&p, "w", "true").await;
+    let held = stack.upload_script(&p, "held", "true").await;
+    let held_id = held["id"].as_str().unwrap();
+    let r = stack
+        .post_empty(&p, &format!("/codes/{held_id}/pause_task_queue"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    // Envelopes as the runners would find them on the stream; never published, so nothing
+    // has read (recorded) them.
+    let envelopes: Vec<(pb::Envelope, bool)> = (0..28)
+        .map(|i| {
+            let runs = i < 24;
+            let (code, name) = if runs { (&code, "w") } else { (&held, "held") };
+            let envelope = pb::Envelope {
+                task_id: workhook_core::ids::new_id(),
+                project_id: p.id.clone(),
+                code_id: code["id"].as_str().unwrap().into(),
+                code_name: name.into(),
+                code_rev: 1,
+                priority: 0,
+                timeout: 60,
+                delay: 0,
+                label: None,
+                cluster: "default".into(),
+                received_at: now_ms,
+                source: "webhook".into(),
+                retry_of: None,
+                retry_count: 0,
+                schedule_id: None,
+                verified_by: None,
+                request: None,
+                payload_ref: None,
+            };
+            (envelope, runs)
+        })
+        .collect();
+    // And four tasks read (so recorded as queued) before the same calls: started by row.
+    let mut envelopes = envelopes;
+    for i in envelopes.len()..envelopes.len() + 4 {
+        let payload = format!("payload {i}");
+        let id = stack
+            .queue(&p, json!({"code_name": "w", "payload": payload}))
+            .await;
+        envelopes.push((envelope_of(&stack, &p, &id).await, true));
+    }
+    let registry = stack.registry().await;
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, (envelope, _)) in envelopes.iter().enumerate() {
+        for runner in ["a", "b", "c"] {
+            let mut registry = registry.clone();
+            let request = pb::StartTaskRequest {
+                envelope: Some(envelope.clone()),
+                runner_id: runner.into(),
+                lease_ms: 30_000,
+                payload: Some(format!("payload {i}").into()),
+            };
+            calls.spawn(async move {
+                let decision = registry.start_task(request).await.unwrap().into_inner();
+                (i, decision.decision.unwrap())
+            });
+        }
+    }
+    let mut started = vec![0; envelopes.len()];
+    while let Some(done) = calls.join_next().await {
+        let (i, decision) = done.unwrap();
+        match decision {
+            Decision::Run(run) => {
+                assert!(envelopes[i].1, "a paused code's task never starts");
+                assert_eq!(run.attempt, 1);
+                assert_eq!(run.command, "sh run.sh");
+                started[i] += 1;
+            }
+            Decision::Defer(_) => {}
+            other => panic!("task {i}: {other:?}"),
+        }
+    }
+    for (i, (envelope, runs)) in envelopes.iter().enumerate() {
+        assert_eq!(
+            started[i],
+            usize::from(*runs),
+            "task {i} started {} times",
+            started[i]
+        );
+        let task = stack.task(&p, &envelope.task_id).await;
+        let status = if *runs { "running" } else { "queued" };
+        assert_eq!(task["status"], status, "{task}");
+        assert_eq!(task["payload"], format!("payload {i}"));
+    }
+    // The old way (recorded as queued, then updated to running) left a second version of each
+    // started task's row, and a line pointer for each version stays in the table's pages until
+    // a vacuum; an insert makes one, but for a speculative insert that lost a race with
+    // another batch's (rare: at most one per task two batches asked for at once).
+    let mut db = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (versions,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM generate_series(0, pg_relation_size('tasks') / 8192 - 1) AS page,
+            heap_page_items(get_raw_page('tasks', page::int))",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    // 32 tasks: 28 inserted once, 4 recorded and then started by row (two versions each).
+    let expected = envelopes.len() as i64 + 4;
+    assert!(
+        (expected..expected + 12).contains(&versions),
+        "{versions} row versions, {expected} expected"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_report_from_a_lost_attempt_cannot_overwrite_and_a_finished_task_never_reruns() {
     let stack = Stack::start_with(StackOptions {
