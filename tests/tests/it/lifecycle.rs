@@ -151,21 +151,20 @@ async fn a_worker_that_prints_too_much_gets_a_capped_marked_log() {
     assert!(log.ends_with(mark.as_bytes()));
 }
 
-/// The envelope a runner would find on the stream for a task queued to code "w".
-async fn envelope_of(stack: &Stack, project: &Project, task_id: &str) -> pb::Envelope {
-    let task = stack.task(project, task_id).await;
+/// The envelope a runner would find on the stream for a task of the code, queued now.
+fn envelope(task_id: &str, project: &Project, code_id: &str, code_name: &str) -> pb::Envelope {
     pb::Envelope {
         task_id: task_id.into(),
         project_id: project.id.clone(),
-        code_id: task["code_id"].as_str().unwrap().into(),
-        code_name: "w".into(),
+        code_id: code_id.into(),
+        code_name: code_name.into(),
         code_rev: 1,
         priority: 0,
         timeout: 60,
         delay: 0,
         label: None,
         cluster: "default".into(),
-        received_at: 0,
+        received_at: chrono::Utc::now().timestamp_millis(),
         source: "api".into(),
         retry_of: None,
         retry_count: 0,
@@ -174,6 +173,12 @@ async fn envelope_of(stack: &Stack, project: &Project, task_id: &str) -> pb::Env
         request: None,
         payload_ref: None,
     }
+}
+
+/// The envelope of a task queued to code "w" (reading the task records it).
+async fn envelope_of(stack: &Stack, project: &Project, task_id: &str) -> pb::Envelope {
+    let task = stack.task(project, task_id).await;
+    envelope(task_id, project, task["code_id"].as_str().unwrap(), "w")
 }
 
 /// The registry takes concurrent StartTask and FinishTask calls together, in one statement per
@@ -337,38 +342,18 @@ async fn unrecorded_tasks_asked_for_by_several_runners_at_once_start_once_as_one
         .post_empty(&p, &format!("/codes/{held_id}/pause_task_queue"))
         .await;
     assert_eq!(r.status(), 200);
-    let now_ms = chrono::Utc::now().timestamp_millis();
     // Envelopes as the runners would find them on the stream; never published, so nothing
     // has read (recorded) them.
-    let envelopes: Vec<(pb::Envelope, bool)> = (0..28)
+    let mut envelopes: Vec<(pb::Envelope, bool)> = (0..28)
         .map(|i| {
             let runs = i < 24;
             let (code, name) = if runs { (&code, "w") } else { (&held, "held") };
-            let envelope = pb::Envelope {
-                task_id: workhook_core::ids::new_id(),
-                project_id: p.id.clone(),
-                code_id: code["id"].as_str().unwrap().into(),
-                code_name: name.into(),
-                code_rev: 1,
-                priority: 0,
-                timeout: 60,
-                delay: 0,
-                label: None,
-                cluster: "default".into(),
-                received_at: now_ms,
-                source: "webhook".into(),
-                retry_of: None,
-                retry_count: 0,
-                schedule_id: None,
-                verified_by: None,
-                request: None,
-                payload_ref: None,
-            };
-            (envelope, runs)
+            let id = workhook_core::ids::new_id();
+            let code_id = code["id"].as_str().unwrap();
+            (envelope(&id, &p, code_id, name), runs)
         })
         .collect();
     // And four tasks read (so recorded as queued) before the same calls: started by row.
-    let mut envelopes = envelopes;
     for i in envelopes.len()..envelopes.len() + 4 {
         let payload = format!("payload {i}");
         let id = stack
