@@ -1,11 +1,11 @@
 -- A task a runner starts before anything has read it (the usual case while the runners keep up)
 -- was recorded as queued and then updated to running in the same transaction: two versions of
 -- its row, each with an entry in every index of tasks, the first dead at once. It is now
--- inserted as running, once; one that may not start now (its code paused or with
+-- inserted as running, once. A task that may not start now (its code paused or with
 -- max_concurrency, not due yet, its revision gone) is inserted as queued, as it was recorded
--- before, and left to the one-call path. A task recorded already (read by a lookup, a list or the
--- stats) is started by its row as before, and no longer goes through an insert that could only
--- conflict.
+-- before, and left to the one-call path; only a task recorded already (read by a lookup, a
+-- list or the stats) goes on to workhook_start_tasks. Each task still costs one insert attempt
+-- and at most one update, as before; an unrecorded one that starts, one write instead of two.
 CREATE OR REPLACE FUNCTION workhook_record_and_start_tasks(
     ids TEXT[], project_ids TEXT[], code_ids TEXT[], code_names TEXT[], code_revs INT4[],
     priorities INT2[], timeouts INT4[], delays INT4[], labels TEXT[], clusters TEXT[],
@@ -16,40 +16,19 @@ RETURNS TABLE (started_id TEXT, started_attempt INT, run_command TEXT, run_confi
                run_env_vars JSONB, run_checksum TEXT, run_timeout INT)
 LANGUAGE plpgsql AS $$
 DECLARE
-    recorded INT[] := '{}';
-    unrecorded INT[] := '{}';
-    inserted TEXT[] := '{}';
     fresh RECORD;
+    recorded TEXT[] := '{}';
+    rest_ids TEXT[];
+    rest_project_ids TEXT[];
+    rest_runner_ids TEXT[];
+    rest_lease_ms FLOAT8[];
+    rest_token_hashes BYTEA[];
 BEGIN
-    -- Which tasks have a row: one primary-key probe each. (Not one statement over all of them:
-    -- planned while tasks is small, a plan kept for the connection's life may scan the table,
-    -- as a NOT EXISTS over the batch did, 289 ms a batch once tasks held a million rows.)
-    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
-        PERFORM FROM tasks t WHERE t.id = ids[i];
-        IF FOUND THEN
-            recorded := recorded || i;
-        ELSE
-            unrecorded := unrecorded || i;
-        END IF;
-    END LOOP;
-    -- Recorded ones start by their rows (ids stay in order, the order rows are locked in).
-    IF cardinality(unrecorded) = 0 THEN
-        RETURN QUERY SELECT * FROM workhook_start_tasks(ids, project_ids, runner_ids, lease_ms,
-                                                        token_hashes);
-        RETURN;
-    END IF;
-    IF cardinality(recorded) > 0 THEN
-        RETURN QUERY SELECT * FROM workhook_start_tasks(
-            ARRAY(SELECT ids[i] FROM unnest(recorded) AS i),
-            ARRAY(SELECT project_ids[i] FROM unnest(recorded) AS i),
-            ARRAY(SELECT runner_ids[i] FROM unnest(recorded) AS i),
-            ARRAY(SELECT lease_ms[i] FROM unnest(recorded) AS i),
-            ARRAY(SELECT token_hashes[i] FROM unnest(recorded) AS i));
-    END IF;
-    -- The others are inserted, in task id order: running if they may start now (the conditions
-    -- of workhook_start_tasks, read from the code's rows), queued if not.
+    -- The conditions are workhook_start_tasks's, read from the code's rows instead of the
+    -- task's. Inserted in task id order, the order every batch locks rows in; a task another
+    -- batch is inserting meanwhile waits for it, then conflicts and is started by row below.
     FOR fresh IN
-        WITH written AS (
+        WITH inserted AS (
             INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, priority, timeout,
                 delay, label, cluster, source, payload, created_at, updated_at, retry_of,
                 retry_count, schedule_id, verified_by, request, payload_ref, status, attempt,
@@ -73,25 +52,26 @@ BEGIN
                 FROM UNNEST(ids, project_ids, code_ids, code_names, code_revs, priorities,
                     timeouts, delays, labels, clusters, sources, payloads, received_ms, retry_ofs,
                     retry_counts, schedule_ids, verified_bys, requests, payload_refs, runner_ids,
-                    lease_ms, token_hashes) WITH ORDINALITY
+                    lease_ms, token_hashes)
                     AS u(id, project_id, code_id, code_name, code_rev, priority, timeout, delay,
                          label, cluster, source, payload, received, retry_of, retry_count,
                          schedule_id, verified_by, request, payload_ref, runner_id, lease,
-                         token_hash, n)
+                         token_hash)
                 LEFT JOIN codes c ON c.id = u.code_id
                 LEFT JOIN code_revisions r ON r.code_id = u.code_id AND r.rev = u.code_rev
                 LEFT JOIN code_revisions latest ON latest.code_id = c.id AND latest.rev = c.rev
-                WHERE u.n = ANY (unrecorded)
+                -- A recorded task skips the joins (the insert would only conflict).
+                WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = u.id)
             ) AS q
             ORDER BY q.id
             ON CONFLICT (id) DO NOTHING
             RETURNING tasks.id, tasks.status, tasks.attempt, tasks.code_id, tasks.code_rev,
                 tasks.timeout
         )
-        SELECT w.id, w.status, w.attempt, r.command, r.config, r.env_vars, r.checksum, w.timeout
-        FROM written w LEFT JOIN code_revisions r ON r.code_id = w.code_id AND r.rev = w.code_rev
+        SELECT i.id, i.status, i.attempt, r.command, r.config, r.env_vars, r.checksum, i.timeout
+        FROM inserted i LEFT JOIN code_revisions r ON r.code_id = i.code_id AND r.rev = i.code_rev
     LOOP
-        inserted := inserted || fresh.id;
+        recorded := recorded || fresh.id;
         CONTINUE WHEN fresh.status <> 'running';
         started_id := fresh.id;
         started_attempt := fresh.attempt;
@@ -102,14 +82,22 @@ BEGIN
         run_timeout := fresh.timeout;
         RETURN NEXT;
     END LOOP;
-    -- A task another call recorded meanwhile (its insert conflicted): started by its row.
-    IF cardinality(inserted) < cardinality(unrecorded) THEN
-        unrecorded := ARRAY(SELECT i FROM unnest(unrecorded) AS i WHERE ids[i] <> ALL (inserted));
-        RETURN QUERY SELECT * FROM workhook_start_tasks(
-            ARRAY(SELECT ids[i] FROM unnest(unrecorded) AS i),
-            ARRAY(SELECT project_ids[i] FROM unnest(unrecorded) AS i),
-            ARRAY(SELECT runner_ids[i] FROM unnest(unrecorded) AS i),
-            ARRAY(SELECT lease_ms[i] FROM unnest(unrecorded) AS i),
-            ARRAY(SELECT token_hashes[i] FROM unnest(unrecorded) AS i));
+    IF cardinality(recorded) = cardinality(ids) THEN
+        RETURN;
     END IF;
+    -- The tasks recorded before this call: started by row, as before.
+    IF cardinality(recorded) = 0 THEN
+        RETURN QUERY SELECT * FROM workhook_start_tasks(ids, project_ids, runner_ids, lease_ms,
+                                                        token_hashes);
+        RETURN;
+    END IF;
+    SELECT array_agg(u.id ORDER BY u.id), array_agg(u.project_id ORDER BY u.id),
+        array_agg(u.runner_id ORDER BY u.id), array_agg(u.lease ORDER BY u.id),
+        array_agg(u.token_hash ORDER BY u.id)
+    INTO rest_ids, rest_project_ids, rest_runner_ids, rest_lease_ms, rest_token_hashes
+    FROM UNNEST(ids, project_ids, runner_ids, lease_ms, token_hashes)
+        AS u(id, project_id, runner_id, lease, token_hash)
+    WHERE u.id <> ALL (recorded);
+    RETURN QUERY SELECT * FROM workhook_start_tasks(rest_ids, rest_project_ids, rest_runner_ids,
+                                                    rest_lease_ms, rest_token_hashes);
 END $$;
